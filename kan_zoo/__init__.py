@@ -1,0 +1,9 @@
+"""kan_zoo: Kolmogorov-Arnold convolutional networks as a timm plugin.
+
+Importing the package registers every kan_* model in timm's registry.
+"""
+from . import layers
+from .layers import BASES
+
+__version__ = "0.1.0"
+__all__ = ["layers", "BASES", "__version__"]

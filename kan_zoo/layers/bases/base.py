@@ -1,0 +1,101 @@
+"""The interface every basis implements, and the registry that names them.
+
+A basis turns each input channel into ``num_functions`` channels (the univariate functions
+B_i of the Kolmogorov-Arnold expansion). The KAN conv core (``kan_zoo.layers.conv``) stacks
+them, together with the base branch, into one tensor and runs one grouped convolution, so a
+basis only describes its math; it never convolves.
+"""
+from __future__ import annotations
+
+from typing import Callable, ClassVar, Dict, List, Optional, Type
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["Basis", "BASES", "register_basis", "get_basis_class"]
+
+# Name -> Basis subclass. Filled by @register_basis as each basis module is imported.
+BASES: Dict[str, Type["Basis"]] = {}
+
+
+def register_basis(cls: Type["Basis"]) -> Type["Basis"]:
+    """Class decorator that adds a basis to :data:`BASES` under ``cls.name``."""
+    if not cls.name or cls.name in BASES:
+        raise ValueError(f"basis name {cls.name!r} is empty or already registered")
+    BASES[cls.name] = cls
+    return cls
+
+
+def get_basis_class(name: str) -> Type["Basis"]:
+    if not isinstance(name, str):
+        raise TypeError(f"basis must be a string naming one of {sorted(BASES)}, got {type(name).__name__}")
+    try:
+        return BASES[name]
+    except KeyError:
+        raise ValueError(f"unknown basis {name!r}; valid bases are: {', '.join(BASES)}") from None
+
+
+_ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "identity": lambda x: x,
+}
+
+
+class Basis(nn.Module):
+    """One family of univariate functions, applied elementwise to a (N, C, *spatial) tensor.
+
+    Subclasses set the class attributes below and implement :meth:`expand`.
+
+    Class attributes:
+        name: registry name.
+        base_activation: activation of the base branch input ("silu", "gelu", "identity"), or
+            None for a basis without a base branch (chebyshev).
+        output_activation: activation after the norm ("silu", "identity" or "prelu_per_group").
+        default_norm: the norm a layer gets when the caller does not choose one.
+        normalizes_input: True where the layer's norm runs over the INPUT channels and feeds the
+            basis (rbf), instead of over the output.
+        separable: False where the basis depends on the output channel (wavelet); such a basis
+            owns its weights and implements :meth:`convolve` instead of :meth:`expand`.
+    """
+
+    name: ClassVar[str] = ""
+    base_activation: ClassVar[Optional[str]] = "silu"
+    output_activation: ClassVar[str] = "silu"
+    default_norm: ClassVar[Optional[str]] = "instance"
+    normalizes_input: ClassVar[bool] = False
+    separable: ClassVar[bool] = True
+
+    def __init__(self, channels: int, degree: int) -> None:
+        super().__init__()
+        if not isinstance(degree, int) or isinstance(degree, bool):
+            raise TypeError(f"degree must be an int, got {type(degree).__name__}")
+        if degree < 0:
+            raise ValueError(f"degree must be >= 0, got {degree}")
+        self.channels = channels
+        self.degree = degree
+
+    @property
+    def num_functions(self) -> int:
+        """Functions per input channel (not counting the base branch)."""
+        raise NotImplementedError
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Maps raw input into the basis domain (e.g. tanh); dropout is applied after this."""
+        return x
+
+    def expand(self, t: torch.Tensor) -> List[torch.Tensor]:
+        """Returns ``num_functions`` tensors shaped like ``t``, one per basis function."""
+        raise NotImplementedError
+
+    def base(self, x: torch.Tensor) -> torch.Tensor:
+        return _ACTIVATIONS[self.base_activation](x)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, degree={self.degree}, num_functions={self.num_functions}"
+
+
+def channel_view(param: torch.Tensor, ndim_spatial: int) -> torch.Tensor:
+    """(C, ...) parameter -> (C, ..., 1, 1) so it broadcasts against (N, C, *spatial)."""
+    return param.reshape(param.shape + (1,) * ndim_spatial)

@@ -1,0 +1,45 @@
+"""Gaussian radial basis functions (FastKAN)."""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+
+from .base import Basis, register_basis
+
+
+@register_basis
+class RBFBasis(Basis):
+    """exp(-((z - mu_i) / h)^2) with mu = linspace(lo, hi, grid_size), h = (hi - lo) / (grid_size - 1).
+
+    z is the layer's norm applied to the INPUT channels (``normalizes_input``), as in FastKAN; the
+    layer has no output norm or activation. ``degree`` does not apply: ``grid_size`` sets the size.
+    """
+
+    name = "rbf"
+    output_activation = "identity"
+    normalizes_input = True
+
+    def __init__(
+        self, channels: int, degree: int = 3, grid_size: int = 8, grid_range: Sequence[float] = (-2.0, 2.0)
+    ) -> None:
+        super().__init__(channels, degree)
+        if grid_size < 2:
+            raise ValueError(f"grid_size must be >= 2 for the rbf basis, got {grid_size}")
+        lo, hi = (float(v) for v in grid_range)
+        if not hi > lo:
+            raise ValueError(f"grid_range must be increasing, got {tuple(grid_range)}")
+        self.grid_size, self.grid_range = grid_size, (lo, hi)
+        self.inv_width = (grid_size - 1) / (hi - lo)
+        self.register_buffer("grid", torch.linspace(lo, hi, grid_size))
+
+    @property
+    def num_functions(self) -> int:
+        return self.grid_size
+
+    def expand(self, t: torch.Tensor) -> List[torch.Tensor]:
+        z = (t.unsqueeze(-1) - self.grid.to(t.dtype)) * self.inv_width
+        return list(torch.exp(-(z * z)).unbind(-1))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, grid_size={self.grid_size}, grid_range={self.grid_range}"

@@ -1,0 +1,187 @@
+"""The KAN convolution core: every basis plugs into this one module, in 1D, 2D and 3D.
+
+A KAN conv over C_in channels with F functions per channel equals an ordinary convolution over
+C_in * F "basis channels". So the layer expands its input once (the base branch's activation
+counts as one more function), lays the result out group after group, and runs ONE grouped
+convolution with a fused weight of shape (C_out, F * C_in / groups, *kernel).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, Optional, Sequence, Tuple, Union
+
+import torch
+from timm.layers import register_notrace_module
+from torch import nn
+
+from .bases import get_basis_class
+from .helpers import (
+    CONV_FNS,
+    NormSpec,
+    check_channels,
+    check_input,
+    create_activation,
+    create_norm,
+    stack_functions,
+    to_tuple,
+)
+
+__all__ = ["KANConvNd", "KANConv1d", "KANConv2d", "KANConv3d", "DEFAULT_NORM"]
+
+# Sentinel: "use the basis's own default norm" (InstanceNorm for most, BatchNorm for wavelet).
+DEFAULT_NORM = "default"
+_IntOrTuple = Union[int, Sequence[int]]
+
+
+class KANConvNd(nn.Module):
+    """Kolmogorov-Arnold convolution: y = act(norm(conv([base(x), B_1(t), ..., B_K(t)], weight))).
+
+    Parameters follow nn.ConvNd; ``basis`` names one of kan_zoo.layers.BASES and ``basis_options``
+    go to it (e.g. ``grid_size`` for bspline). ``dropout`` is channel dropout on the basis input t.
+
+    Parameters:
+        weight: (C_out, F * C_in / groups, *kernel); input block f of a group is function f
+            (f = 0 is the base branch when the basis has one). ``coefficients()`` views it per function.
+        basis.*: the basis's own parameters (e.g. Gram's beta_weights).
+        norm.*, act.*: the norm and the output activation.
+    """
+
+    ndim: ClassVar[int] = 0
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: _IntOrTuple,
+        stride: _IntOrTuple = 1,
+        padding: Union[str, _IntOrTuple] = 0,
+        dilation: _IntOrTuple = 1,
+        groups: int = 1,
+        *,
+        basis: str = "gram",
+        degree: int = 3,
+        norm_layer: NormSpec = DEFAULT_NORM,
+        dropout: float = 0.0,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[torch.dtype] = None,
+        **basis_options: Any,
+    ) -> None:
+        super().__init__()
+        n = self.ndim
+        check_channels(in_channels, out_channels, groups)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = to_tuple(kernel_size, n, "kernel_size")
+        self.stride = to_tuple(stride, n, "stride")
+        self.dilation = to_tuple(dilation, n, "dilation")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be 'same', 'valid', an int or a tuple, got {padding!r}")
+            if padding == "same" and any(s != 1 for s in self.stride):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            self.padding: Union[str, Tuple[int, ...]] = padding
+        else:
+            self.padding = to_tuple(padding, n, "padding")
+
+        basis_cls = get_basis_class(basis)
+        if not basis_cls.separable:
+            basis_options = dict(
+                basis_options, out_channels=out_channels, groups=groups, kernel_size=self.kernel_size
+            )
+        basis_channels, conv_out_channels, fold_base = self._core_shape()
+        try:
+            self.basis = basis_cls(basis_channels, degree, **basis_options)
+        except TypeError as e:
+            raise TypeError(f"bad option for basis {basis!r}: {e}") from None
+        self.has_base = self.basis.base_activation is not None
+        # Where the base branch shares the basis conv, its activation is function 0 of the stack.
+        self.base_folded = self.has_base and fold_base
+        self.num_functions = (self.basis.num_functions if self.basis.separable else 0) + int(self.base_folded)
+        self.weight = nn.Parameter(
+            torch.empty(conv_out_channels, self.num_functions * basis_channels // groups, *self.kernel_size)
+        )
+        self._make_extra_parameters()
+
+        if norm_layer == DEFAULT_NORM:
+            norm_layer = self.basis.default_norm
+        norm_channels = in_channels if self.basis.normalizes_input else out_channels
+        self.norm = create_norm(norm_layer, norm_channels, n)
+        self.dropout = getattr(nn, f"Dropout{n}d")(dropout) if dropout > 0 else nn.Identity()
+        self.act = create_activation(self.basis.output_activation, groups, out_channels)
+        self.reset_parameters()
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
+
+    def _core_shape(self) -> Tuple[int, int, bool]:
+        """(channels the basis expands, output channels of the basis conv, whether the base branch
+        folds into that conv). Subclasses with another topology (the bottleneck) override it."""
+        return self.in_channels, self.out_channels, True
+
+    def _make_extra_parameters(self) -> None:
+        """Hook for subclasses to add parameters before reset_parameters runs."""
+
+    def reset_parameters(self) -> None:
+        """Kaiming-uniform (linear gain) per block: the base kernel over its c inputs and the basis
+        kernels over their K * c inputs, as the reference initialises its separate convolutions."""
+        blocks = self.coefficients()
+        fan_kernel = math.prod(self.kernel_size) * blocks.shape[2]
+        first = int(self.base_folded)
+        with torch.no_grad():
+            if first:
+                _uniform(blocks[:, 0], fan_kernel)
+            if blocks.shape[1] > first:
+                _uniform(blocks[:, first:], fan_kernel * (blocks.shape[1] - first))
+
+    def coefficients(self) -> torch.Tensor:
+        """The weight viewed as (C_out, F, C_in / groups, *kernel): [:, f] is function f's kernel."""
+        return self.weight.unflatten(1, (self.num_functions, -1))
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+        return CONV_FNS[self.ndim](x, weight, None, self.stride, self.padding, self.dilation, groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x, self.ndim, self.in_channels)
+        basis_input = self.norm(x) if self.basis.normalizes_input else x
+        t = self.dropout(self.basis.prepare(basis_input))
+        if self.basis.separable:
+            functions = self.basis.expand(t)
+            if self.base_folded:
+                functions = [self.basis.base(x)] + functions
+            y = self._conv(stack_functions(functions, self.groups), self.weight, self.groups)
+        else:
+            y = self._conv(self.basis.base(x), self.weight, self.groups)
+            y = y + self.basis.convolve(t, self._conv)
+        if not self.basis.normalizes_input:
+            y = self.norm(y)
+        return self.act(y)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0,) * self.ndim:
+            s += f", padding={self.padding}"
+        if self.dilation != (1,) * self.ndim:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s
+
+
+def _uniform(tensor: torch.Tensor, fan_in: int) -> None:
+    bound = math.sqrt(3.0 / fan_in)
+    tensor.uniform_(-bound, bound)
+
+
+@register_notrace_module
+class KANConv1d(KANConvNd):
+    ndim = 1
+
+
+@register_notrace_module
+class KANConv2d(KANConvNd):
+    ndim = 2
+
+
+@register_notrace_module
+class KANConv3d(KANConvNd):
+    ndim = 3

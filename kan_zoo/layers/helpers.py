@@ -1,0 +1,92 @@
+"""Argument handling shared by the KAN layers: tuples, norms, activations, input checks."""
+from __future__ import annotations
+
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+NormSpec = Union[str, None, Callable[[int], nn.Module]]
+NORM_NAMES = ("batch", "instance", "instance_affine", "none")
+
+
+def to_tuple(value: Union[int, Sequence[int]], ndim: int, name: str) -> Tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,) * ndim
+    value = tuple(value)
+    if len(value) != ndim or not all(isinstance(v, int) for v in value):
+        raise ValueError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}")
+    return value
+
+
+def check_channels(in_channels: int, out_channels: int, groups: int) -> None:
+    for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if in_channels % groups:
+        raise ValueError(f"in_channels ({in_channels}) must be divisible by groups ({groups})")
+    if out_channels % groups:
+        raise ValueError(f"out_channels ({out_channels}) must be divisible by groups ({groups})")
+
+
+def create_norm(norm_layer: NormSpec, num_features: int, ndim: int) -> nn.Module:
+    """A norm over ``num_features`` channels from a name in NORM_NAMES, None, or a callable(num_features)."""
+    if norm_layer is None or norm_layer == "none":
+        return nn.Identity()
+    if isinstance(norm_layer, str):
+        if norm_layer == "batch":
+            return getattr(nn, f"BatchNorm{ndim}d")(num_features)
+        if norm_layer in ("instance", "instance_affine"):
+            return getattr(nn, f"InstanceNorm{ndim}d")(num_features, affine=norm_layer == "instance_affine")
+        raise ValueError(f"unknown norm_layer {norm_layer!r}; use one of {NORM_NAMES} or a norm class")
+    if callable(norm_layer):
+        return norm_layer(num_features)
+    raise TypeError(f"norm_layer must be a name in {NORM_NAMES}, None or a callable, got {type(norm_layer).__name__}")
+
+
+class GroupPReLU(nn.Module):
+    """PReLU with one learnable slope per group of output channels (the B-spline layer's activation)."""
+
+    def __init__(self, groups: int, channels: int) -> None:
+        super().__init__()
+        self.channels_per_group = channels // groups
+        self.weight = nn.Parameter(torch.full((groups,), 0.25))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.prelu(x, self.weight.repeat_interleave(self.channels_per_group))
+
+
+def create_activation(name: str, groups: int, channels: int) -> nn.Module:
+    if name == "silu":
+        return nn.SiLU()
+    if name == "identity":
+        return nn.Identity()
+    if name == "prelu_per_group":
+        return GroupPReLU(groups, channels)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def stack_functions(functions: List[torch.Tensor], groups: int) -> torch.Tensor:
+    """F tensors (N, C, *spatial) -> one (N, G * F * c, *spatial) tensor, function-major inside each group.
+
+    Group g holds channels [g * F * c, (g + 1) * F * c): function 0 of its c inputs, then function 1,
+    and so on, so one grouped convolution over the result applies every function's kernel at once.
+    """
+    parts = [f.unflatten(1, (groups, -1)) for f in functions]
+    return torch.stack(parts, dim=2).flatten(1, 3)
+
+
+def check_input(layer: nn.Module, x: torch.Tensor, ndim: int, in_channels: int) -> None:
+    if x.ndim != ndim + 2:
+        dims = ("N", "C") + ("D", "H", "W")[3 - ndim :]
+        raise ValueError(
+            f"{type(layer).__name__} expects a {ndim + 2}-D input {tuple(dims)}, got shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != in_channels:
+        raise ValueError(
+            f"{type(layer).__name__} was built for {in_channels} input channels, got an input with "
+            f"{x.shape[1]} channels (shape {tuple(x.shape)})"
+        )
+
+
+CONV_FNS = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}
