@@ -24,11 +24,11 @@ class GramBasis(Basis):
     def __init__(self, channels: int, degree: int = 3) -> None:
         super().__init__(channels, degree)
         self.beta_weights = nn.Parameter(torch.zeros(degree + 1))
-        # The parameter-free factor of beta(i - 1, i) for i = 2..degree (index i - 2).
-        n = torch.arange(1, max(degree, 1), dtype=torch.float64)
-        m = n + 1
-        factor = (m + n) * (m - n) * n**2 / (m**2 / (4.0 * n**2 - 1.0))
-        self.register_buffer("beta_factor", factor.float(), persistent=False)
+        # The parameter-free factor of beta(i - 1, i) for i = 2..degree, kept as Python floats so it
+        # is exact in float64 (a float32 buffer would limit float64 runs to ~1e-8).
+        self.beta_factors = [
+            (2 * n + 1) * n**2 / ((n + 1) ** 2 / (4.0 * n**2 - 1.0)) for n in range(1, max(degree, 1))
+        ]
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -46,7 +46,7 @@ class GramBasis(Basis):
         polys = [torch.ones_like(t)]
         if self.degree >= 1:
             polys.append(t)
-        beta = self.beta_factor.to(t.dtype) * self.beta_weights[1 : self.degree].to(t.dtype)
         for i in range(2, self.degree + 1):
-            polys.append(t * polys[-1] - beta[i - 2] * polys[-2])
+            beta = self.beta_factors[i - 2] * self.beta_weights[i - 1]
+            polys.append(t * polys[-1] - beta * polys[-2])
         return [F.silu(p) for p in polys]
