@@ -2,8 +2,8 @@
 
 Importing the package registers every kan_* model in timm's registry.
 """
-from . import layers
+from . import layers, models
 from .layers import BASES
 
 __version__ = "0.1.0"
-__all__ = ["layers", "BASES", "__version__"]
+__all__ = ["layers", "models", "BASES", "__version__"]
