@@ -67,10 +67,15 @@ class HubFileNotCachedError(HubError, FileNotFoundError):
         self.repo_id, self.filename, self.cache_dir = repo_id, filename, Path(cache_dir)
         why = ("downloads are disabled (HF_HUB_OFFLINE=1)" if offline
                else "the Hub could not be reached")
-        super().__init__(
+        self.message = (
             f"{filename!r} of Hugging Face repo {repo_id!r} is not in the local cache ({self.cache_dir}) "
             f"and {why}; download it once with network access (e.g. `hf download {repo_id}`) "
             f"or point HF_HUB_CACHE at a cache that holds it")
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        # OSError formats itself from errno/filename fields otherwise ("[Errno None] ...")
+        return self.message
 
 
 class UnknownModelError(HubError, ValueError):
