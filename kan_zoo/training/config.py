@@ -1,0 +1,133 @@
+"""Command-line options of train_imagenet.py.
+
+Defaults reproduce the recipe behind the published VGG11 gram weights (torch-conv-kan's
+imagenet1k config): AdamW lr 9e-4, weight decay 5e-6, 7500 warmup steps, polynomial decay
+(power 0.3) to 1e-7, label smoothing 0.05, 200 epochs at 224 px, batch 16 x 8 accumulation,
+gradient clipping at 2.0, seed 42.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+__all__ = ["build_parser", "parse_args"]
+
+
+def _floats(n: int):
+    return dict(type=float, nargs=n, metavar="F")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train_imagenet.py",
+        description="Train any timm / kan_zoo image classifier on a Hugging Face dataset with accelerate.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="ILSVRC/imagenet-1k",
+                   help="Hub dataset name, a local image folder, a save_to_disk folder, or parquet file(s)/folder")
+    d.add_argument("--dataset-config", default=None, help="Hub dataset configuration name")
+    d.add_argument("--data-format", default="auto", choices=["auto", "hub", "imagefolder", "disk", "parquet"],
+                   help="how to read --dataset; auto guesses from what the path holds")
+    d.add_argument("--train-split", default="train")
+    d.add_argument("--val-split", default="validation")
+    d.add_argument("--image-column", default="image")
+    d.add_argument("--label-column", default="label")
+    d.add_argument("--num-classes", type=int, default=None,
+                   help="number of classes; read from the label feature (or the labels) when omitted")
+    d.add_argument("--in-chans", type=int, default=None, choices=[1, 3],
+                   help="image channels; guessed from the first training images when omitted")
+    d.add_argument("--streaming", action="store_true", help="stream the dataset instead of downloading it")
+    d.add_argument("--shuffle-buffer", type=int, default=10_000, help="shuffle buffer for --streaming")
+    d.add_argument("--train-samples", type=int, default=None,
+                   help="training set size for --streaming when the dataset info does not say")
+    d.add_argument("--cache-dir", default=None, help="datasets cache directory")
+    d.add_argument("--workers", type=int, default=8, help="DataLoader workers per process")
+
+    a = p.add_argument_group("augmentation")
+    a.add_argument("--img-size", type=int, default=224)
+    a.add_argument("--crop-pct", type=float, default=None, help="eval centre-crop fraction (model default)")
+    a.add_argument("--interpolation", default=None, help="model default when omitted")
+    a.add_argument("--mean", **_floats(3), default=None)
+    a.add_argument("--std", **_floats(3), default=None)
+    a.add_argument("--scale", **_floats(2), default=(0.08, 1.0), help="RandomResizedCrop area range")
+    a.add_argument("--ratio", **_floats(2), default=(3 / 4, 4 / 3), help="RandomResizedCrop aspect range")
+    a.add_argument("--hflip", type=float, default=0.5)
+    a.add_argument("--color-jitter", type=float, default=0.0)
+    a.add_argument("--auto-augment", default=None,
+                   help="timm policy string, e.g. 'rand-m9-mstd0.5-inc1' (RandAugment) or 'original' (AutoAugment)")
+    a.add_argument("--reprob", type=float, default=0.0, help="random erasing probability")
+    a.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
+    a.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0 = off)")
+    a.add_argument("--mixup-prob", type=float, default=1.0)
+    a.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    a.add_argument("--smoothing", type=float, default=0.05, help="label smoothing")
+
+    m = p.add_argument_group("model")
+    m.add_argument("--model", required=True, help="any registered timm model name (kan_* after import kan_zoo)")
+    m.add_argument("--pretrained", action="store_true", help="start from the model's published weights")
+    m.add_argument("--pretrained-file", default=None, help="start from these weights (.safetensors or .pth)")
+    m.add_argument("--reset-head", action="store_true",
+                   help="with --pretrained: re-initialise the classifier when its class count differs from the data")
+    m.add_argument("--drop-rate", type=float, default=None)
+    m.add_argument("--drop-path", type=float, default=None)
+    m.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra create_model keyword arguments (values parsed as Python literals)")
+    m.add_argument("--grad-checkpointing", action="store_true")
+    m.add_argument("--compile", action="store_true", help="torch.compile the model (inductor)")
+
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=200)
+    o.add_argument("--batch-size", type=int, default=16, help="per process")
+    o.add_argument("--val-batch-size", type=int, default=None, help="per process; defaults to 2x --batch-size")
+    o.add_argument("--grad-accum", type=int, default=8, help="gradient accumulation steps")
+    o.add_argument("--opt", default="adamw", help="any timm optimizer name")
+    o.add_argument("--lr", type=float, default=9e-4)
+    o.add_argument("--weight-decay", type=float, default=5e-6)
+    o.add_argument("--momentum", type=float, default=0.9)
+    o.add_argument("--opt-eps", type=float, default=None)
+    o.add_argument("--opt-betas", **_floats(2), default=None)
+    o.add_argument("--clip-grad", type=float, default=2.0, help="max gradient norm (0 = off)")
+    o.add_argument("--sched", default="poly", help="timm scheduler: poly, cosine, step, ...")
+    o.add_argument("--poly-power", type=float, default=0.3, help="power of the poly decay")
+    o.add_argument("--decay-rate", type=float, default=0.1, help="decay rate of the step schedulers")
+    o.add_argument("--min-lr", type=float, default=1e-7)
+    o.add_argument("--warmup-steps", type=int, default=7500, help="linear warmup, in optimizer updates")
+    o.add_argument("--warmup-lr", type=float, default=0.0)
+    o.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    o.add_argument("--model-ema", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep an EMA of the weights (timm ModelEmaV3) and validate it too")
+    o.add_argument("--model-ema-decay", type=float, default=0.9998)
+    o.add_argument("--model-ema-warmup", action=argparse.BooleanOptionalAction, default=True,
+                   help="ramp the EMA decay up over the first updates")
+    o.add_argument("--seed", type=int, default=42)
+
+    c = p.add_argument_group("checkpoints, logging, export")
+    c.add_argument("--output", default="outputs/train", help="run directory (checkpoints, logs, export)")
+    c.add_argument("--checkpoint-steps", type=int, default=5000, help="checkpoint every N optimizer updates (0 = off)")
+    c.add_argument("--keep-checkpoints", type=int, default=3, help="how many recent checkpoints to keep")
+    c.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="resume from a checkpoint folder, or the latest complete one in --output")
+    c.add_argument("--log-with", default="csv", help="comma-separated trackers: csv, tensorboard, wandb, ... or none")
+    c.add_argument("--log-every", type=int, default=50, help="log training metrics every N updates")
+    c.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c.add_argument("--export-dir", default=None, help="Hub-ready folder; defaults to OUTPUT/export")
+    c.add_argument("--export-weights", default="auto", choices=["auto", "model", "ema"],
+                   help="which weights to export; auto takes the better final top-1")
+    c.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload the exported model there")
+    # Test hook: stop abruptly after this many updates, with no final save, like a kill.
+    c.add_argument("--crash-after-steps", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.val_batch_size is None:
+        args.val_batch_size = 2 * args.batch_size
+    for name in ("epochs", "batch_size", "val_batch_size", "grad_accum", "img_size", "keep_checkpoints"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.mixup > 0 or args.cutmix > 0:
+        if args.batch_size % 2:
+            raise SystemExit("error: mixup/cutmix need an even --batch-size")
+    return args

@@ -1,0 +1,155 @@
+"""One training epoch and one evaluation pass."""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import TrainState, save_checkpoint
+from .data import sample_seed
+
+__all__ = ["SimulatedKill", "LoopContext", "train_one_epoch", "evaluate"]
+
+
+class SimulatedKill(BaseException):
+    """Raised by --crash-after-steps: leaves like a kill, with no final save (tests only)."""
+
+
+@dataclass
+class LoopContext:
+    accelerator: Any
+    model: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+    criterion: Callable
+    mixup: Optional[Callable]
+    ema: Optional[torch.nn.Module]
+    args: Any
+    state: TrainState
+    batches_per_epoch: int
+    local_bad: int = 0  # unreadable images seen by this process since the last reduce
+    window: Dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "n": 0})
+
+
+def _seed_batch(seed: int, epoch: int, batch: int, rank: int) -> None:
+    # Dropout, drop-path and mixup draw from the global RNGs; seeding them per batch from the
+    # run position makes a resumed run draw exactly what the uninterrupted one drew.
+    s = sample_seed(seed + 1_000_003 * (rank + 1), epoch, batch)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def sync_bad_count(ctx: LoopContext) -> None:
+    """Collective: folds every process's unreadable-image count into the run state."""
+    acc = ctx.accelerator
+    total = acc.reduce(torch.tensor(ctx.local_bad, device=acc.device), reduction="sum")
+    ctx.state.skipped_images += int(total.item())
+    ctx.local_bad = 0
+
+
+def checkpoint(ctx: LoopContext) -> None:
+    sync_bad_count(ctx)
+    save_checkpoint(ctx.accelerator, ctx.args.output, ctx.state, ctx.ema, ctx.args.keep_checkpoints)
+
+
+def train_one_epoch(ctx: LoopContext, loader: Iterable, progress: Any) -> None:
+    acc, args, state, model = ctx.accelerator, ctx.args, ctx.state, ctx.model
+    model.train()
+    unwrapped = acc.unwrap_model(model)
+    for batch in loader:
+        _seed_batch(args.seed, state.epoch, state.batch_in_epoch, acc.process_index)
+        x, y = batch["image"], batch["label"]
+        ctx.local_bad += int(batch["n_bad"])
+        with acc.accumulate(model):
+            target = y
+            if ctx.mixup is not None:
+                x, target = ctx.mixup(x, y)
+            with acc.autocast():
+                out = model(x)
+            loss = ctx.criterion(out.float(), target)
+            if not bool(batch["valid"].any()):
+                loss = loss * 0.0  # placeholder batch: every image unreadable
+            acc.backward(loss)
+            if acc.sync_gradients and args.clip_grad > 0:
+                acc.clip_grad_norm_(model.parameters(), args.clip_grad)
+            ctx.optimizer.step()
+            ctx.optimizer.zero_grad(set_to_none=True)
+        state.batch_in_epoch += 1
+        ctx.window["loss"] += float(loss.detach())
+        ctx.window["n"] += 1
+        if progress is not None:
+            progress.update(1)
+        if not acc.sync_gradients:
+            continue
+        state.global_step += 1
+        ctx.scheduler.step_update(num_updates=state.global_step)
+        if ctx.ema is not None:
+            ctx.ema.update(unwrapped, step=state.global_step)
+        if state.global_step % args.log_every == 0:
+            _log_train(ctx, progress)
+        if args.checkpoint_steps and state.global_step % args.checkpoint_steps == 0:
+            checkpoint(ctx)
+        if args.crash_after_steps is not None and state.global_step >= args.crash_after_steps:
+            raise SimulatedKill(f"stopped after {state.global_step} updates (--crash-after-steps)")
+
+
+def _log_train(ctx: LoopContext, progress: Any) -> None:
+    n = max(ctx.window["n"], 1)
+    lr = ctx.optimizer.param_groups[0]["lr"]
+    metrics = {"train/loss": ctx.window["loss"] / n, "train/lr": lr, "train/epoch": ctx.state.epoch}
+    ctx.window.update(loss=0.0, n=0)
+    ctx.accelerator.log(metrics, step=ctx.state.global_step)
+    if progress is not None:
+        progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
+
+
+@torch.no_grad()
+def evaluate(accelerator: Any, model: torch.nn.Module, loader: Iterable, streaming: bool,
+             desc: str = "eval") -> Dict[str, float]:
+    """Top-1/top-5 over the whole split, each sample counted once across processes.
+
+    Map-style loaders go through gather_for_metrics, which drops the samples the sampler
+    repeated to even out the last batch; streamed shards are disjoint, so their sums are reduced.
+    """
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # top1, top5, loss, count
+    bad = 0
+    for batch in loader:
+        x, y = batch["image"], batch["label"]
+        bad += int(batch["n_bad"])
+        with accelerator.autocast():
+            out = model(x)
+        out = out.float()
+        k = min(5, out.shape[1])
+        hits = out.topk(k, dim=1).indices.eq(y[:, None])
+        per_sample = torch.stack([hits[:, 0].float(), hits.any(1).float(),
+                                  F.cross_entropy(out, y, reduction="none"), batch["valid"].float()], 1)
+        if not streaming:
+            per_sample = accelerator.gather_for_metrics(per_sample)
+        valid = per_sample[:, 3]
+        sums += (per_sample * valid[:, None]).sum(0).double()
+    if streaming:
+        sums = accelerator.reduce(sums, reduction="sum")
+    # Unreadable counts: gather_for_metrics may have seen a repeated bad sample twice; close enough
+    # for a diagnostic, and exact whenever the split divides evenly.
+    bad_total = int(accelerator.reduce(torch.tensor(bad, device=accelerator.device), reduction="sum").item())
+    n = max(float(sums[3]), 1.0)
+    return {"top1": 100.0 * float(sums[0]) / n, "top5": 100.0 * float(sums[1]) / n,
+            "loss": float(sums[2]) / n, "count": int(sums[3]), "unreadable": bad_total}
+
+
+def lr_warning(total_updates: int, warmup: int) -> Optional[str]:
+    if warmup >= total_updates:
+        return (f"--warmup-steps {warmup} >= the {total_updates} updates of this run: the learning rate "
+                f"never leaves warmup")
+    return None
+
+
+def updates_per_epoch(batches: int, accum: int) -> int:
+    return math.ceil(batches / accum)

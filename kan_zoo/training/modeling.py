@@ -1,0 +1,74 @@
+"""Model creation with the checks that must fail before training starts."""
+from __future__ import annotations
+
+import ast
+import difflib
+from typing import Any, Dict, List
+
+import torch
+
+__all__ = ["ModelError", "parse_model_kwargs", "create_model"]
+
+
+class ModelError(ValueError):
+    """Unknown model name, or pretrained weights that do not fit the data."""
+
+
+def parse_model_kwargs(items: List[str]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ModelError(f"--model-kwargs expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value  # a bare string such as basis=gram
+    return out
+
+
+def _check_name(name: str) -> None:
+    import timm
+
+    if timm.is_model(name.split(".")[0]):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; did you mean one of {close}?" if close else ""
+    raise ModelError(f"unknown model {name!r}: not registered in timm (kan_* models need `import kan_zoo`){hint}")
+
+
+def create_model(args: Any, num_classes: int, in_chans: int) -> torch.nn.Module:
+    """timm.create_model for the data's classes and channels.
+
+    Pretrained weights keep their own head unless it has ``num_classes`` outputs already; a
+    mismatch is an error unless ``--reset-head`` asks for a fresh classifier, because silently
+    dropping a trained head is rarely what a user who asked for those weights meant.
+    """
+    import timm
+
+    _check_name(args.model)
+    kwargs = parse_model_kwargs(args.model_kwargs)
+    if args.drop_rate is not None:
+        kwargs["drop_rate"] = args.drop_rate
+    if args.drop_path is not None:
+        kwargs["drop_path_rate"] = args.drop_path
+    pretrained = bool(args.pretrained or args.pretrained_file)
+    if not pretrained:
+        return timm.create_model(args.model, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if args.pretrained_file:
+        import os
+
+        if not os.path.isfile(args.pretrained_file):
+            raise ModelError(f"--pretrained-file {args.pretrained_file!r} does not exist")
+        kwargs["pretrained_cfg_overlay"] = dict(file=os.path.abspath(args.pretrained_file))
+    try:
+        model = timm.create_model(args.model, pretrained=True, in_chans=in_chans, **kwargs)
+    except Exception as e:
+        raise ModelError(f"could not load pretrained weights for {args.model!r}: {type(e).__name__}: {e}") from e
+    head = getattr(model, "num_classes", None)
+    if head != num_classes:
+        if not args.reset_head:
+            raise ModelError(f"the pretrained head of {args.model!r} has {head} classes but the data has "
+                             f"{num_classes}; pass --reset-head to train a new classifier")
+        model.reset_classifier(num_classes)
+    return model
