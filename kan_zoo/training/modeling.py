@@ -55,20 +55,47 @@ def create_model(args: Any, num_classes: int, in_chans: int) -> torch.nn.Module:
     pretrained = bool(args.pretrained or args.pretrained_file)
     if not pretrained:
         return timm.create_model(args.model, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    cfg = _pretrained_cfg(args.model)
+    head = cfg.get("num_classes")
+    if not args.pretrained_file and not any(cfg.get(k) for k in ("hf_hub_id", "url", "file", "state_dict")):
+        raise ModelError(f"{args.model!r} has no published pretrained weights; drop --pretrained or pass "
+                         f"--pretrained-file")
     if args.pretrained_file:
         import os
 
         if not os.path.isfile(args.pretrained_file):
             raise ModelError(f"--pretrained-file {args.pretrained_file!r} does not exist")
-        kwargs["pretrained_cfg_overlay"] = dict(file=os.path.abspath(args.pretrained_file))
+        head = _head_size_in_file(args.pretrained_file, cfg.get("classifier")) or head
+        kwargs["pretrained_cfg_overlay"] = dict(file=os.path.abspath(args.pretrained_file), num_classes=head)
+    if head is not None and head != num_classes and not args.reset_head:
+        raise ModelError(f"the pretrained head of {args.model!r} has {head} classes but the data has "
+                         f"{num_classes}; pass --reset-head to train a new classifier")
+    # With num_classes different from the weights' head, timm loads everything but the classifier.
     try:
-        model = timm.create_model(args.model, pretrained=True, in_chans=in_chans, **kwargs)
+        return timm.create_model(args.model, pretrained=True, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except Exception as e:
         raise ModelError(f"could not load pretrained weights for {args.model!r}: {type(e).__name__}: {e}") from e
-    head = getattr(model, "num_classes", None)
-    if head != num_classes:
-        if not args.reset_head:
-            raise ModelError(f"the pretrained head of {args.model!r} has {head} classes but the data has "
-                             f"{num_classes}; pass --reset-head to train a new classifier")
-        model.reset_classifier(num_classes)
-    return model
+
+
+def _pretrained_cfg(name: str) -> Dict[str, Any]:
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name, allow_unregistered=True)
+    return cfg.to_dict() if cfg is not None else {}
+
+
+def _head_size_in_file(path: str, classifier: Any) -> Any:
+    """Output count of the classifier stored in a weights file, read without building the model."""
+    if isinstance(classifier, (tuple, list)):
+        classifier = classifier[0] if classifier else None
+    if not classifier:
+        return None
+    key = f"{classifier}.weight"
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            return f.get_slice(key).get_shape()[0] if key in f.keys() else None
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else {}
+    return state[key].shape[0] if key in state else None

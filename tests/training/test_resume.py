@@ -1,0 +1,59 @@
+"""A run stopped mid-epoch (like a kill) and resumed ends with exactly the uninterrupted weights."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kan_zoo.training.checkpoint import list_checkpoints
+from kan_zoo.training.run import SimulatedKill, main
+from accelerate.state import AcceleratorState, GradientState, PartialState
+
+
+def _reset():
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def _args(folder, out, *extra):
+    # Random crops, flips, mixup, dropout, EMA and accumulation all on: every RNG use must replay.
+    return ["--dataset", str(folder), "--model", "test_resnet", "--img-size", "16", "--epochs", "2",
+            "--batch-size", "4", "--grad-accum", "2", "--warmup-steps", "3", "--lr", "3e-3", "--workers", "0",
+            "--mixup", "0.4", "--cutmix", "0.4", "--drop-rate", "0.2", "--model-ema-decay", "0.9",
+            "--checkpoint-steps", "2", "--keep-checkpoints", "2", "--log-every", "1", "--no-progress",
+            "--output", str(out), *extra]
+
+
+def _weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(tiny_folder, tmp_path):
+    full = main(_args(tiny_folder, tmp_path / "full"))
+    _reset()
+    # 36 readable images / batch 4 -> 9 batches, 5 updates per epoch; stop at update 7, mid-epoch 2,
+    # one update after the last checkpoint (update 6), so that update is lost and must be replayed.
+    with pytest.raises(SimulatedKill):
+        main(_args(tiny_folder, tmp_path / "killed", "--crash-after-steps", "7"))
+    kept = list_checkpoints(tmp_path / "killed")
+    assert [p.name for p in kept] == ["step_000000005", "step_000000006"]  # keep-checkpoints 2
+    state = json.loads((kept[-1] / "trainer_state.json").read_text())
+    assert state["epoch"] == 1 and 0 < state["batch_in_epoch"] < 9
+    _reset()
+    resumed = main(_args(tiny_folder, tmp_path / "killed", "--resume"))
+
+    a = _weights(tmp_path / "full" / "checkpoints" / "step_000000010")
+    b = _weights(tmp_path / "killed" / "checkpoints" / "step_000000010")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    ea = load_file(str(tmp_path / "full" / "checkpoints" / "step_000000010" / "ema.safetensors"))
+    eb = load_file(str(tmp_path / "killed" / "checkpoints" / "step_000000010" / "ema.safetensors"))
+    for k in ea:
+        torch.testing.assert_close(ea[k], eb[k], rtol=0, atol=1e-6, msg=k)
+    assert resumed["metrics"]["val/top1"] == pytest.approx(full["metrics"]["val/top1"])
+    # The unreadable image is counted once per epoch in both runs.
+    assert resumed["metrics"]["train/unreadable_images"] == full["metrics"]["train/unreadable_images"] == 2
