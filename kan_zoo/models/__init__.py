@@ -1,1 +1,2 @@
 """kan_* model families; importing a family module registers its models in timm."""
+from . import kan_vgg
