@@ -55,35 +55,44 @@ model = timm.create_model("local-dir:<this folder>", pretrained=True).eval()
 
 
 def export_to_folder_fallback(model: torch.nn.Module, folder: Path, *, metrics: Optional[Dict[str, Any]] = None,
-                              model_card: Optional[str] = None, label_names: Optional[Sequence[str]] = None,
-                              data_config: Optional[Dict[str, Any]] = None) -> Path:
+                              model_card: Optional[str] = None,
+                              pretrained_cfg_overrides: Optional[Dict[str, Any]] = None) -> Path:
+    """Same layout as kan_zoo.hub.export_to_folder, via timm's save_for_hf (used if kan_zoo.hub is absent)."""
     from timm.models import save_for_hf
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model_config: Dict[str, Any] = {}
-    if label_names:
-        model_config["label_names"] = list(label_names)
-    save_for_hf(model, str(folder), model_config=model_config, safe_serialization=True, data_config=data_config)
-    if metrics:
-        (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    (folder / "README.md").write_text(model_card or "")
+    overrides = dict(pretrained_cfg_overrides or {})
+    model_config: Dict[str, Any] = {"pretrained_cfg": overrides}
+    if overrides.get("label_names"):
+        model_config["label_names"] = list(overrides.pop("label_names"))
+    save_for_hf(model, str(folder), model_config=model_config, safe_serialization=True,
+                data_config={k: overrides[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation")
+                             if k in overrides})
+    (folder / "README.md").write_text(model_card or _card_for(model, metrics or {}))
     return folder
 
 
-def export_model(model: torch.nn.Module, folder: Path, *, metrics: Dict[str, Any], card: str,
-                 data_config: Dict[str, Any], label_names: Optional[Sequence[str]]) -> Path:
-    """Records the training preprocessing in model.pretrained_cfg, then exports."""
-    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
-    cfg.update({k: data_config[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-                if k in data_config})
-    cfg["num_classes"] = model.num_classes
+def _card_for(model: torch.nn.Module, metrics: Dict[str, Any]) -> str:
+    arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+    return model_card(arch, metrics, str(metrics.get("dataset", "")), [])
+
+
+def cfg_overrides(data_config: Dict[str, Any], label_names: Optional[Sequence[str]]) -> Dict[str, Any]:
+    """The training preprocessing (and class names) for the exported config.json's pretrained_cfg."""
+    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+    out: Dict[str, Any] = {k: data_config[k] for k in keys if data_config.get(k) is not None}
     if label_names:
-        cfg["label_names"] = list(label_names)
-    model.pretrained_cfg = cfg  # exporters read preprocessing from here
-    kwargs = dict(metrics=metrics, model_card=card, label_names=label_names, data_config=data_config)
+        out["label_names"] = list(label_names)
+    return out
+
+
+def export_model(model: torch.nn.Module, folder: Path, *, metrics: Dict[str, Any], data_config: Dict[str, Any],
+                 label_names: Optional[Sequence[str]], card: Optional[str] = None) -> Path:
+    """Exports through kan_zoo.hub when present (its card lists ``metrics``), else through timm."""
     try:
         from kan_zoo.hub import export_to_folder
     except ImportError:
         export_to_folder = export_to_folder_fallback
+    kwargs = dict(metrics=metrics, model_card=card, pretrained_cfg_overrides=cfg_overrides(data_config, label_names))
     return Path(export_to_folder(model, folder, **_filter_kwargs(export_to_folder, kwargs)))

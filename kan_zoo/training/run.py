@@ -15,7 +15,7 @@ from .checkpoint import CheckpointError, TrainState, list_checkpoints, load_chec
 from .config import parse_args
 from .data import (Collate, DataError, ImageClassificationDataset, StreamingImageDataset, build_transforms,
                    load_data)
-from .export import export_model, model_card
+from .export import cfg_overrides, export_model
 from .loop import (LoopContext, SimulatedKill, checkpoint, evaluate, lr_warning, sync_bad_count,
                    train_one_epoch, updates_per_epoch)
 from .modeling import ModelError, create_model
@@ -51,6 +51,18 @@ def _preflight(args: Any) -> None:
         raise CheckpointError(f"{str(out)!r} already holds checkpoints; pass --resume to continue that run "
                               f"or choose another --output")
     del timm
+
+
+def _cpu_only_distributed() -> bool:
+    """Several processes but no accelerator device: train on CPU over gloo.
+
+    accelerate only picks its multi-CPU mode when asked for the CPU explicitly, and its launcher
+    cannot combine --cpu with several processes without MPI; so `accelerate launch --multi_gpu
+    --num_processes 2` (or torchrun) on a machine without GPUs lands here.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    has_device = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    return world > 1 and not has_device
 
 
 def _build_criterion(args: Any, num_classes: int):
@@ -152,6 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     out = Path(args.output)
     trackers = build_trackers(args.log_with, str(out / "logs"), "train")
     acc = Accelerator(
+        cpu=_cpu_only_distributed(),
         mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum, log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
@@ -269,26 +282,25 @@ def _export(args: Any, acc: Any, model: Any, ema: Any, metrics: Dict[str, Any], 
     acc.wait_for_everyone()
     if acc.is_main_process:
         net = ema.module if use_ema else acc.unwrap_model(model)
-        card = model_card(args.model, card_metrics, args.dataset, ["train_imagenet.py", *sys.argv[1:]])
-        export_model(net, folder, metrics=card_metrics, card=card, data_config=data_cfg,
-                     label_names=data.label_names)
+        export_model(net, folder, metrics=card_metrics, data_config=data_cfg, label_names=data.label_names)
         print(f"exported {'EMA' if use_ema else 'model'} weights (val top-1 {card_metrics['top1']:.2f}%) to "
               f"{folder}", flush=True)
         if args.push_to_hub:
-            result["hub_url"] = _push(args.push_to_hub, net, folder, card_metrics)
+            result["hub_url"] = _push(args.push_to_hub, net, folder, card_metrics,
+                                      cfg_overrides(data_cfg, data.label_names))
             print(f"uploaded to {result['hub_url']}", flush=True)
     acc.wait_for_everyone()
     return result
 
 
-def _push(repo_id: str, net: Any, folder: Path, metrics: Dict[str, Any]) -> str:
+def _push(repo_id: str, net: Any, folder: Path, metrics: Dict[str, Any], overrides: Dict[str, Any]) -> str:
     try:
         from kan_zoo.hub import push_to_hub
     except ImportError:
         push_to_hub = None
     try:
         if push_to_hub is not None:
-            return str(push_to_hub(net, repo_id, metrics=metrics))
+            return str(push_to_hub(net, repo_id, metrics=metrics, pretrained_cfg_overrides=overrides))
         from huggingface_hub import HfApi
 
         api = HfApi()
