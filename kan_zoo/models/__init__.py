@@ -1,2 +1,3 @@
 """kan_* model families; importing a family module registers its models in timm."""
 from . import kan_vgg
+from . import kan_resnet, kan_densenet

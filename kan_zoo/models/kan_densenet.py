@@ -1,0 +1,326 @@
+"""KAN DenseNets: the torchvision/timm DenseNet-BC topology with KAN convolutions for the spatial convs.
+
+DenseNet-121/161/169/201, registered as ``kan_densenet<depth>_<basis>`` for every basis in
+``kan_zoo.layers.BASES``, plus ``kan_test_densenet_<basis>`` (one narrow layer per block) for fast tests.
+
+What is KAN and what is plain:
+  * the 7x7 stem conv and the 3x3 conv of every dense layer are ``KANConv2d`` with BatchNorm as
+    their norm;
+  * the 1x1 bottleneck conv of each dense layer and the 1x1 transition convs stay plain
+    ``nn.Conv2d`` + ``nn.BatchNorm2d`` (they only mix the concatenated channels, and they hold most of
+    a DenseNet's parameters: as KAN convs they would multiply them by the basis size), the final
+    ``norm5`` is a plain BatchNorm and the classifier a plain ``nn.Linear``.
+
+torchvision's dense layer is BN-ReLU-conv1x1-BN-ReLU-conv3x3. Here every concatenated feature map
+already leaves a KAN conv normalised and activated, so a dense layer is conv1x1 -> BN -> KAN 3x3
+(whose basis is the nonlinearity: no ReLU in front of it, it would clip the basis's input), and a
+transition is conv1x1 -> BN -> 2x2 average pool.
+
+Widths: the growth rate is half the torchvision one (16; 24 for DenseNet-161), with the same bottleneck
+factor (bn_size 4) and stem width (2 x growth). A KAN 3x3 conv with K basis functions has about
+(K + 1)x the parameters of a plain one, but in a DenseNet the plain 1x1 convs dominate, so the
+parameter counts stay close to the plain DenseNets' at half width. The wavelet basis keeps a
+(C_out/groups) x C_in x H x W tensor per conv for backward, so it gets a quarter of the torchvision
+growth rate (8; 12 for DenseNet-161). Parameters and GMACs of every variant: ``scripts/model_table.py``.
+
+The network needs inputs of at least ``min_input_size`` = 32 px per side (its total stride); smaller
+inputs raise a ValueError naming that size.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from timm.layers import create_classifier, get_device_dtype
+from timm.models._builder import build_model_with_cfg
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import MATCH_PREV_GROUP
+from timm.models._registry import generate_default_cfgs
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..layers import BASES, KANConv2d
+from ._registry import kan_cfg, model_name, register_entry_points
+from .kan_resnet import check_min_input_size
+
+__all__ = ["KANDenseNet", "KANDenseLayer", "KANDenseBlock", "KANDenseTransition"]
+
+
+class KANDenseLayer(nn.Module):
+    """cat(features) -> 1x1 conv -> BN -> 3x3 KAN conv (own BN and activation): ``growth_rate`` new channels."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        growth_rate: int,
+        bn_size: int,
+        kan_args: Dict[str, Any],
+        drop_rate: float = 0.0,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        inner = bn_size * growth_rate
+        self.conv1 = nn.Conv2d(in_chs, inner, 1, bias=False, **dd)
+        self.norm1 = nn.BatchNorm2d(inner, **dd)
+        self.conv2 = KANConv2d(inner, growth_rate, 3, padding=1, **kan_args, **dd)
+        self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.grad_checkpointing = False
+
+    def _layer(self, *features: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.norm1(self.conv1(torch.cat(features, 1))))
+
+    def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            # Recomputing the concat and the basis expansion in backward is where a DenseNet's memory goes.
+            x = checkpoint(self._layer, *features, use_reentrant=False)
+        else:
+            x = self._layer(*features)
+        return self.drop(x)
+
+
+class KANDenseBlock(nn.ModuleDict):
+    """``num_layers`` dense layers, each seeing the concatenation of the input and all earlier outputs."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        in_chs: int,
+        growth_rate: int,
+        bn_size: int,
+        kan_args: Dict[str, Any],
+        drop_rate: float = 0.0,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        for i in range(num_layers):
+            layer = KANDenseLayer(
+                in_chs + i * growth_rate, growth_rate, bn_size, kan_args, drop_rate, device=device, dtype=dtype
+            )
+            self.add_module(f"denselayer{i + 1}", layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [x]
+        for layer in self.values():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class KANDenseTransition(nn.Sequential):
+    """1x1 conv -> BN -> 2x2 average pool: halves the channels and the resolution."""
+
+    def __init__(
+        self, in_chs: int, out_chs: int, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+    ) -> None:
+        dd = {"device": device, "dtype": dtype}
+        super().__init__(OrderedDict([
+            ("conv", nn.Conv2d(in_chs, out_chs, 1, bias=False, **dd)),
+            ("norm", nn.BatchNorm2d(out_chs, **dd)),
+            ("pool", nn.AvgPool2d(kernel_size=2, stride=2)),
+        ]))
+
+
+class KANDenseNet(nn.Module):
+    """DenseNet-BC with KAN spatial convolutions (see the module docstring for the design).
+
+    Args:
+        growth_rate: channels each dense layer adds; the stem has 2 x growth_rate.
+        block_config: dense layers per block (four blocks).
+        bn_size: the 1x1 bottleneck has bn_size x growth_rate channels.
+        basis, degree, basis_options: the KAN convs' basis (kan_zoo.layers.BASES), its degree and options.
+        num_classes, in_chans, global_pool: as in timm's DenseNet.
+        drop_rate: dropout before the classifier; proj_drop_rate: dropout after each dense layer.
+    """
+
+    min_input_size = 32  # total stride: the three 2x2 average pools need a map of >= 8 px after the stem
+
+    def __init__(
+        self,
+        growth_rate: int = 16,
+        block_config: Sequence[int] = (6, 12, 24, 16),
+        bn_size: int = 4,
+        basis: str = "gram",
+        degree: int = 3,
+        basis_options: Optional[Dict[str, Any]] = None,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        if len(block_config) != 4:
+            raise ValueError(f"block_config needs 4 dense blocks, got {tuple(block_config)}")
+        dd = {"device": device, "dtype": dtype}
+        self.num_classes, self.in_chans = num_classes, in_chans
+        kan_args = dict(basis=basis, degree=degree, norm_layer="batch", **(basis_options or {}))
+
+        num_chs = 2 * growth_rate
+        self.features = nn.Sequential(OrderedDict([
+            ("conv0", KANConv2d(in_chans, num_chs, 7, stride=2, padding=3, **kan_args, **dd)),
+            ("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),
+        ]))
+        self.feature_info = [dict(num_chs=num_chs, reduction=2, module="features.conv0")]
+        reduction = 4
+        for i, num_layers in enumerate(block_config):
+            block = KANDenseBlock(num_layers, num_chs, growth_rate, bn_size, kan_args, proj_drop_rate, **dd)
+            self.features.add_module(f"denseblock{i + 1}", block)
+            num_chs += num_layers * growth_rate
+            if i == len(block_config) - 1:
+                break
+            # The tap is the block output, before the transition halves channels and resolution.
+            self.feature_info.append(dict(num_chs=num_chs, reduction=reduction, module=f"features.denseblock{i + 1}"))
+            self.features.add_module(f"transition{i + 1}", KANDenseTransition(num_chs, num_chs // 2, **dd))
+            num_chs, reduction = num_chs // 2, reduction * 2
+        self.features.add_module("norm5", nn.BatchNorm2d(num_chs, **dd))
+        self.feature_info.append(dict(num_chs=num_chs, reduction=reduction, module="features.norm5"))
+        names = [n for n, _ in self.features.named_children()]
+        # Index in self.features of each feature tap, for forward_intermediates.
+        self.feature_ends = [names.index(f["module"].split(".", 1)[1]) for f in self.feature_info]
+
+        self.num_features = num_chs
+        self.global_pool, self.classifier = create_classifier(num_chs, num_classes, pool_type=global_pool, **dd)
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self.head_drop = nn.Dropout(drop_rate)
+        for m in self.modules():  # the KAN convs initialise themselves
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r"^features\.conv0|^features\.pool0",
+            blocks=r"^features\.(?:denseblock|transition)(\d+)" if coarse else [
+                (r"^features\.denseblock(\d+)\.denselayer(\d+)", None),
+                (r"^features\.transition(\d+)", MATCH_PREV_GROUP),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for m in self.features.modules():
+            if isinstance(m, KANDenseLayer):
+                m.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
+        dd = get_device_dtype(self)
+        self.global_pool, self.classifier = create_classifier(
+            self.num_features, num_classes, pool_type=global_pool, **dd
+        )
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self.global_pool.train(self.training)
+        self.classifier.train(self.training)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Features plus the intermediates at feature_info's taps: index 0 the stem conv (stride 2),
+        1-3 the first three dense blocks (before their transitions), 4 the final norm. ``indices``:
+        last n if int, all if None. ``norm`` is unused (the last tap already is the final norm)."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.feature_ends), indices)
+        x = check_min_input_size(x, self.min_input_size, type(self).__name__)
+        layers = self.features[: self.feature_ends[max_index] + 1] if stop_early else self.features
+        intermediates, feat_idx = [], 0
+        for i, layer in enumerate(layers):
+            x = layer(x)
+            if i in self.feature_ends:
+                if feat_idx in take_indices:
+                    intermediates.append(x)
+                feat_idx += 1
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> List[int]:
+        """Drops the layers after the last wanted intermediate (and the head); returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.feature_ends), indices)
+        self.features = self.features[: self.feature_ends[max_index] + 1]
+        last = max_index == len(self.feature_ends) - 1
+        if not last:
+            # The features now end at an earlier tap, so a head sized for the final features must go.
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or not last:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(check_min_input_size(x, self.min_input_size, type(self).__name__))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(self.global_pool(x))
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# arch -> (torchvision growth rate, dense layers per block, bn_size). The KAN growth rate is the
+# torchvision one divided by width_divisor(basis): one table for the names, cfgs and docs.
+ARCHS: Dict[str, Tuple[int, Tuple[int, ...], int]] = {
+    "densenet121": (32, (6, 12, 24, 16), 4),
+    "densenet161": (48, (6, 12, 36, 24), 4),
+    "densenet169": (32, (6, 12, 32, 32), 4),
+    "densenet201": (32, (6, 12, 48, 32), 4),
+    "test_densenet": (16, (1, 1, 1, 1), 2),
+}
+_TEST_ARCHS = ("test_densenet",)
+
+
+def width_divisor(basis: str) -> int:
+    """KAN growth rate = torchvision growth rate / this (wavelet: narrower, see the docstring)."""
+    return 4 if basis == "wavelet" else 2
+
+
+def model_args(arch: str, basis: str) -> Dict[str, Any]:
+    """The KANDenseNet keyword arguments of ``kan_<arch>_<basis>``."""
+    growth, blocks, bn_size = ARCHS[arch]
+    return dict(growth_rate=growth // width_divisor(basis), block_config=blocks, bn_size=bn_size, basis=basis)
+
+
+_VARIANTS: Dict[str, Tuple[str, str]] = {model_name(arch, basis): (arch, basis) for arch in ARCHS for basis in BASES}
+
+
+def _cfg(arch: str) -> Dict[str, Any]:
+    if arch in _TEST_ARCHS:  # tiny contract-test models, evaluated at 64 px
+        return kan_cfg(
+            first_conv="features.conv0", classifier="classifier", input_size=(3, 64, 64), pool_size=(2, 2),
+            crop_pct=0.95,
+        )
+    return kan_cfg(first_conv="features.conv0", classifier="classifier")
+
+
+# No weights exist for these families yet: the cfgs carry no url/hf_hub_id, only the preprocessing.
+default_cfgs = generate_default_cfgs({name: _cfg(arch) for name, (arch, _) in _VARIANTS.items()})
+
+
+def _create_kan_densenet(variant: str, pretrained: bool = False, **kwargs: Any) -> KANDenseNet:
+    arch, basis = _VARIANTS[variant]
+    return build_model_with_cfg(
+        KANDenseNet, variant, pretrained, feature_cfg=dict(flatten_sequential=True),
+        **{**model_args(arch, basis), **kwargs},
+    )
+
+
+register_entry_points(__name__, _VARIANTS, _create_kan_densenet)
