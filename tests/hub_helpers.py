@@ -2,7 +2,8 @@
 
 * ``build_local_hf_cache`` lays files out exactly as ``huggingface_hub`` caches a downloaded repo,
   so ``timm.create_model("hf-hub:org/name", pretrained=True)`` finds them without a network.
-* ``use_local_hf_cache`` points huggingface_hub at such a cache and switches it to offline mode.
+* ``use_local_hf_cache`` points huggingface_hub at such a cache and switches it to offline mode
+  (``local_hf_cache`` is the same as a pytest fixture returning the empty hub cache folder).
 * ``FakeHfApi`` records ``create_repo`` / ``upload_folder`` calls and keeps a copy of the uploaded files.
 
 Import as ``from hub_helpers import ...`` (pytest puts ``tests/`` on sys.path).
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import huggingface_hub.constants as hf_constants
+import pytest
 
-__all__ = ["build_local_hf_cache", "use_local_hf_cache", "repo_cache_folder", "FakeHfApi", "FakeRepoUrl"]
+__all__ = ["build_local_hf_cache", "use_local_hf_cache", "local_hf_cache", "repo_cache_folder", "FakeHfApi",
+           "FakeRepoUrl"]
 
 
 def repo_cache_folder(cache_dir: str | Path, repo_id: str, repo_type: str = "model") -> Path:
@@ -100,6 +103,15 @@ class FakeRepoUrl(str):
         obj = super().__new__(cls, url)
         obj.repo_id = repo_id
         return obj
+
+
+@pytest.fixture
+def local_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty offline hub cache, active for one test; fill it with ``build_local_hf_cache``.
+
+    Use with ``from hub_helpers import local_hf_cache`` in a test module (pytest then sees the fixture).
+    """
+    return use_local_hf_cache(monkeypatch, tmp_path / "hf_home")
 
 
 @dataclass

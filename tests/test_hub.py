@@ -21,6 +21,7 @@ from torch import nn
 import kan_zoo  # noqa: F401  registers kan_* models
 import kan_zoo.hub as hub
 from hub_helpers import FakeHfApi, build_local_hf_cache, repo_cache_folder, use_local_hf_cache
+from hub_helpers import local_hf_cache  # noqa: F401  (a fixture: importing it makes pytest see it)
 from kan_zoo.hub import (
     CheckpointMismatchError,
     CorruptCheckpointError,
@@ -192,14 +193,23 @@ def test_shared_and_non_contiguous_tensors(tmp_path):
 def test_pretrained_cfg_overrides_and_labels(tmp_path):
     model = _test_resnet()
     labels = ["ant", "bee", "cat", "dog", "eel"]
-    folder = export_to_folder(model, tmp_path / "out", pretrained_cfg_overrides={
-        "license": "cc-by-4.0", "mean": (0.1, 0.2, 0.3), "std": (0.9, 0.8, 0.7), "label_names": labels})
+    folder = export_to_folder(model, tmp_path / "out", label_names=labels, pretrained_cfg_overrides={
+        "license": "cc-by-4.0", "mean": (0.1, 0.2, 0.3), "std": (0.9, 0.8, 0.7)})
     config = json.loads((folder / "config.json").read_text())
     assert config["label_names"] == labels and "label_names" not in config["pretrained_cfg"]
     assert "license: cc-by-4.0" in (folder / "README.md").read_text()
     reloaded = timm.create_model(f"local-dir:{folder}", pretrained=True)
     assert tuple(reloaded.pretrained_cfg["mean"]) == (0.1, 0.2, 0.3)
     assert list(reloaded.pretrained_cfg["label_names"]) == labels
+
+    # labels set on the model's pretrained_cfg with its class count (as the training loop does) go to the
+    # root too; labels of a source head with another class count are dropped (timm's rule)
+    model.pretrained_cfg = dict(model.pretrained_cfg, label_names=tuple(labels), num_classes=5)
+    config = json.loads((export_to_folder(model, tmp_path / "cfg") / "config.json").read_text())
+    assert config["label_names"] == labels and "label_names" not in config["pretrained_cfg"]
+    model.pretrained_cfg = dict(model.pretrained_cfg, num_classes=1000)
+    config = json.loads((export_to_folder(model, tmp_path / "src") / "config.json").read_text())
+    assert "label_names" not in config and "label_names" not in config["pretrained_cfg"]
 
     with pytest.raises(ValueError, match="url"):
         export_to_folder(model, tmp_path / "bad", pretrained_cfg_overrides={"url": "https://example.invalid/w.pth"})
@@ -208,6 +218,10 @@ def test_pretrained_cfg_overrides_and_labels(tmp_path):
     with pytest.raises(ValueError, match="num_classes"):
         export_to_folder(model, tmp_path / "bad", pretrained_cfg_overrides={"num_classes": 7})
     assert not (tmp_path / "bad").exists()
+
+    transformers = pytest.importorskip("transformers", reason="transformers not installed (test extra)")
+    wrapped = transformers.AutoModelForImageClassification.from_pretrained(str(tmp_path / "cfg"))
+    assert wrapped.config.id2label == dict(enumerate(labels))
 
 
 def test_custom_model_card_is_written_verbatim(tmp_path):
@@ -284,8 +298,8 @@ def test_push_to_hub_default_api_gets_token(monkeypatch):
 
 # --- errors -------------------------------------------------------------------------------------------------
 
-def test_offline_and_not_cached_names_repo_and_file(tmp_path, monkeypatch):
-    cache = use_local_hf_cache(monkeypatch, tmp_path / "hf_home")
+def test_offline_and_not_cached_names_repo_and_file(tmp_path, local_hf_cache):
+    cache = local_hf_cache
     with pytest.raises(HubFileNotCachedError, match=r"'config\.json' of Hugging Face repo 'org/absent'") as err:
         create_pretrained_model("hf-hub:org/absent")
     assert "HF_HUB_OFFLINE=1" in str(err.value) and err.value.repo_id == "org/absent"
@@ -377,6 +391,7 @@ def test_cli_push_uses_hfapi(tmp_path, monkeypatch, capsys):
     (["--model", "{tmp}/no_dir"], "no_dir"),
     (["--model", "test_resnet", "--num-classes", "7", "--checkpoint", "{ckpt}"], "shape mismatches (2): fc.bias"),
     (["--model", "test_resnet", "--num-classes", "5", "--metrics", "{{not json"], "--metrics: invalid JSON"),
+    (["--model", "test_resnet", "--model-kwargs", '{{"bogus_arg": 1}}'], "cannot build test_resnet"),
 ])
 def test_cli_errors(argv, expected, tmp_path, capsys):
     ckpt = tmp_path / "five.safetensors"

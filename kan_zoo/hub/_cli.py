@@ -68,10 +68,14 @@ def load_model_for_cli(model: str, checkpoint: str | None = None, pretrained: bo
 
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise CliError(f"--checkpoint: file not found: {checkpoint}")
-    if prefixed:
-        net = create_pretrained_model(model, **kwargs) if checkpoint is None else create_model_checked(model, **kwargs)
-    else:
-        net = create_model_checked(model, pretrained=pretrained, **kwargs)
+    try:
+        if prefixed:
+            net = (create_pretrained_model(model, **kwargs) if checkpoint is None
+                   else create_model_checked(model, **kwargs))
+        else:
+            net = create_model_checked(model, pretrained=pretrained, **kwargs)
+    except TypeError as e:  # an argument the architecture does not take, e.g. from --model-kwargs
+        raise CliError(f"cannot build {model} with {kwargs}: {e}") from e
     if checkpoint is not None:
         load_checkpoint_strict(net, checkpoint)
     elif not (prefixed or pretrained):
@@ -132,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               pretrained_cfg_overrides=overrides, private=args.private,
                               commit_message=args.commit_message, revision=args.revision, token=args.token)
             print(url)
-    except (CliError, HubError, FileNotFoundError, ValueError) as e:
+    except (CliError, HubError, OSError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Sequence
 
 import safetensors.torch
 import torch
@@ -95,9 +95,10 @@ def build_config(model: nn.Module, pretrained_cfg_overrides: Mapping[str, Any] |
             pretrained_cfg.pop(key, None)
     # Labels live at the config's root, where both timm and transformers (id2label) read them.
     for key in ("label_names", "label_descriptions"):
-        if key in overrides:
-            pretrained_cfg.pop(key, None)
-            config[key] = overrides.pop(key)
+        value = overrides.pop(key) if key in overrides else pretrained_cfg.get(key, config.get(key))
+        pretrained_cfg.pop(key, None)
+        if value:
+            config[key] = list(value) if isinstance(value, tuple) else value
     names = config.get("label_names")
     if isinstance(names, (list, tuple)) and len(names) != model.num_classes:
         raise ValueError(f"label_names has {len(names)} entries but the model has {model.num_classes} classes")
@@ -142,6 +143,7 @@ def export_to_folder(
     model_card: str | None = None,
     pretrained_cfg_overrides: Mapping[str, Any] | None = None,
     repo_id: str | None = None,
+    label_names: Sequence[str] | None = None,
 ) -> Path:
     """Write ``model.safetensors``, ``config.json`` and ``README.md`` for ``model`` into ``folder``.
 
@@ -156,6 +158,7 @@ def export_to_folder(
         pretrained_cfg_overrides: values for config.json's ``pretrained_cfg`` (``license``, ``mean``,
             ``label_names``...); they win over the model's own.
         repo_id: Hub repo the folder is meant for; only used in the card's usage snippet.
+        label_names: class names, one per output (same as ``pretrained_cfg_overrides["label_names"]``).
     Returns:
         the folder's path.
     """
@@ -163,6 +166,8 @@ def export_to_folder(
     if not hasattr(model, "pretrained_cfg"):
         raise TypeError(f"{type(model).__name__} has no pretrained_cfg: build it with timm.create_model()")
     folder = Path(folder).expanduser().absolute()
+    if label_names is not None:
+        pretrained_cfg_overrides = {**(pretrained_cfg_overrides or {}), "label_names": list(label_names)}
     config = build_config(model, pretrained_cfg_overrides)
     card = model_card if model_card is not None else make_model_card(model, config, repo_id=repo_id,
                                                                       metrics=metrics)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from huggingface_hub import HfApi
 from torch import nn
@@ -20,6 +20,7 @@ def push_to_hub(
     metrics: Mapping[str, Any] | None = None,
     model_card: str | None = None,
     pretrained_cfg_overrides: Mapping[str, Any] | None = None,
+    label_names: Sequence[str] | None = None,
     private: bool = False,
     commit_message: str = "Upload kan_zoo model (model.safetensors, config.json, README.md)",
     revision: str | None = None,
@@ -45,7 +46,8 @@ def push_to_hub(
 
     with tempfile.TemporaryDirectory(prefix="kan_zoo_push_") as tmp:
         folder = export_to_folder(model, Path(tmp) / "export", metrics=metrics, model_card=model_card,
-                                  pretrained_cfg_overrides=pretrained_cfg_overrides, repo_id=repo_id)
+                                  pretrained_cfg_overrides=pretrained_cfg_overrides, repo_id=repo_id,
+                                  label_names=label_names)
         info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
                                  revision=revision, token=token)
     return str(getattr(info, "commit_url", None) or info)
