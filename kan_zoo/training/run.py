@@ -274,17 +274,21 @@ def _export(args: Any, acc: Any, model: Any, ema: Any, metrics: Dict[str, Any], 
     use_ema = ema is not None and (args.export_weights == "ema" or (
         args.export_weights == "auto" and metrics.get("val_ema/top1", -1) > metrics["val/top1"]))
     prefix = "val_ema" if use_ema else "val"
-    card_metrics = {"top1": metrics[f"{prefix}/top1"], "top5": metrics[f"{prefix}/top5"],
-                    "val_images": metrics["val/count"], "weights": "ema" if use_ema else "model",
+    weights = "EMA" if use_ema else "model"
+    card_metrics = {f"top-1 accuracy (%), {args.val_split}": round(metrics[f"{prefix}/top1"], 3),
+                    f"top-5 accuracy (%), {args.val_split}": round(metrics[f"{prefix}/top5"], 3),
+                    f"{args.val_split} images": metrics["val/count"], "weights": weights,
                     "epochs": args.epochs, "dataset": args.dataset}
     folder = Path(args.export_dir or Path(args.output) / "export")
-    result: Dict[str, Any] = {"metrics": metrics, "export_metrics": card_metrics, "export_dir": str(folder)}
+    export_metrics = {"top1": metrics[f"{prefix}/top1"], "top5": metrics[f"{prefix}/top5"],
+                      "val_images": metrics["val/count"], "weights": weights.lower(), "all": metrics}
+    result: Dict[str, Any] = {"metrics": metrics, "export_metrics": export_metrics, "export_dir": str(folder)}
     acc.wait_for_everyone()
     if acc.is_main_process:
         net = ema.module if use_ema else acc.unwrap_model(model)
         export_model(net, folder, metrics=card_metrics, data_config=data_cfg, label_names=data.label_names)
-        print(f"exported {'EMA' if use_ema else 'model'} weights (val top-1 {card_metrics['top1']:.2f}%) to "
-              f"{folder}", flush=True)
+        (folder / "metrics.json").write_text(json.dumps(export_metrics, indent=1))  # exact values, for tools
+        print(f"exported {weights} weights (val top-1 {export_metrics['top1']:.2f}%) to {folder}", flush=True)
         if args.push_to_hub:
             result["hub_url"] = _push(args.push_to_hub, net, folder, card_metrics,
                                       cfg_overrides(data_cfg, data.label_names))

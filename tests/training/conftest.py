@@ -48,3 +48,7 @@ def _fresh_accelerate(monkeypatch, tmp_path):
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     PartialState._reset_state()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: multi-process end-to-end runs (tens of seconds); run in CI too")

@@ -62,6 +62,7 @@ def test_pretrained_file_with_reset_head_trains(tiny_folder, tmp_path):
     torch.testing.assert_close(exported["conv1.0.weight"], src.state_dict()["conv1.0.weight"])
     assert exported["fc.weight"].shape[0] == 3
     assert result["export_metrics"]["val_images"] == 15
+    assert result["export_metrics"]["weights"] == "model"
 
 
 def test_existing_run_needs_resume(tiny_folder, tmp_path):
