@@ -85,13 +85,13 @@ BASIS_DEFAULTS["wavelet"] = dict(degree=3, norm_layer="batch", kan_dropout=0.0, 
 # ImageNet-1k validation set at 224 px (resize 256, centre crop); params counted on our model.
 PRETRAINED_WEIGHTS: Dict[str, Dict[str, Any]] = {
     "kan_vgg11_gram.in1k": dict(
-        hf_hub_id="brivangl/vgg_kagn11_v4", top1=61.17, top5=83.26, params=59_218_952,
+        hf_hub_id="brivangl/vgg_kagn11_v4", top1=61.17, top5=83.26, params=41_424_516,
     ),
     "kan_vgg11_bottleneck_gram.in1k": dict(
-        hf_hub_id="brivangl/vgg_kagn_bn11_v4", top1=68.50, top5=88.46, params=7_248_728,
+        hf_hub_id="brivangl/vgg_kagn_bn11_v4", top1=68.50, top5=88.46, params=7_252_115,
     ),
     "kan_vgg11_slim_gram.in1k": dict(
-        hf_hub_id="brivangl/vgg_kagn11_v2", top1=59.10, top5=82.29, params=22_250_408,
+        hf_hub_id="brivangl/vgg_kagn11_v2", top1=59.10, top5=82.29, params=24_652_420,
     ),
 }
 
@@ -113,9 +113,15 @@ class _StemBottleneckKANConv2d(BottleneckKANConv2d):
         return super()._core_shape()
 
 
-@register_notrace_function
-def _check_input(x: torch.Tensor, in_chans: int, num_pools: int, needs_two_elements: bool) -> torch.Tensor:
-    """Clear errors for inputs the network cannot take (rather than a failure deep in a layer)."""
+@register_notrace_function  # a graph node under FX (torch.fx skips autowrapping names starting with _)
+def check_vgg_input(
+    x: torch.Tensor, in_chans: int, num_pools: int, last_norm: Optional[str], training: bool
+) -> torch.Tensor:
+    """Clear errors for inputs the network cannot take, rather than a failure deep inside a layer.
+
+    ``last_norm`` is the norm of the last stage: 'instance' needs more than one spatial element per
+    sample, 'batch' (in training) more than one value per channel over the batch.
+    """
     if x.ndim != 4:
         raise ValueError(f"KanVgg expects an (N, C, H, W) input, got shape {tuple(x.shape)}")
     if x.shape[1] != in_chans:
@@ -123,22 +129,36 @@ def _check_input(x: torch.Tensor, in_chans: int, num_pools: int, needs_two_eleme
             f"KanVgg was built for in_chans={in_chans} input channels, got an input with {x.shape[1]} "
             f"channels (shape {tuple(x.shape)}); create the model with in_chans={x.shape[1]}"
         )
-    height, width = int(x.shape[2]), int(x.shape[3])
-    final = (height >> num_pools, width >> num_pools)
-    if min(final) < 1 or (needs_two_elements and final[0] * final[1] < 2):
-        side = min_input_size(num_pools, needs_two_elements)
-        raise ValueError(
-            f"input of {height}x{width} is too small for this KanVgg: its {num_pools} max pools reduce it to "
-            f"{final[0]}x{final[1]}"
-            + (" and InstanceNorm needs more than one spatial element" if needs_two_elements else "")
-            + f"; the minimum input size is {side}x{side}"
-        )
-    return x
+    batch, height, width = int(x.shape[0]), int(x.shape[2]), int(x.shape[3])
+    final_h, final_w = height >> num_pools, width >> num_pools
+    why = ""
+    if min(final_h, final_w) < 1:
+        why = ""
+    elif last_norm == "instance" and final_h * final_w < 2:
+        why = " and InstanceNorm needs more than one spatial element"
+    elif last_norm == "batch" and training and batch * final_h * final_w < 2:
+        why = " and BatchNorm in training needs more than one value per channel (or use a batch of >= 2)"
+    else:
+        return x
+    side = min_input_size(num_pools, last_norm == "instance" or (last_norm == "batch" and training))
+    raise ValueError(
+        f"input of {height}x{width} is too small for this KanVgg: its {num_pools} max pools reduce it to "
+        f"{final_h}x{final_w}{why}; the minimum input size is {side}x{side}"
+    )
 
 
 def min_input_size(num_pools: int, needs_two_elements: bool) -> int:
-    """Smallest square input side: every pool needs >= 1 pixel, InstanceNorm >= 2 at the end."""
+    """Smallest square input side: every pool needs >= 1 pixel, a per-sample norm >= 2 at the end."""
     return 2 ** (num_pools + int(needs_two_elements))
+
+
+def _norm_kind(layer: nn.Module) -> Optional[str]:
+    for module in layer.modules():
+        if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+            return "instance"
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            return "batch"
+    return None
 
 
 class KanVgg(nn.Module):
@@ -217,10 +237,8 @@ class KanVgg(nn.Module):
                 dict(num_chs=channels, reduction=2**stage, module=f"features.{len(layers) - 1}")
             )
         self.features = nn.Sequential(*layers)
-        # InstanceNorm (in the layers of the last stage) fails on a single spatial element.
-        self.needs_two_elements = any(
-            isinstance(m, nn.modules.instancenorm._InstanceNorm) for m in self.features[-1].modules()
-        )
+        # The norm of the last (smallest) stage decides the smallest input; see check_vgg_input.
+        self.last_norm = _norm_kind(self.features[-1])
 
         self.num_features = self.head_hidden_size = channels
         self.head = ClassifierHead(channels, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
@@ -270,7 +288,7 @@ class KanVgg(nn.Module):
         self.head_hidden_size = self.head.num_features
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
-        return _check_input(x, self.in_chans, self.num_pools, self.needs_two_elements)
+        return check_vgg_input(x, self.in_chans, self.num_pools, self.last_norm, self.training)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self._check(x)
@@ -334,9 +352,7 @@ class KanVgg(nn.Module):
             )
             self.head.train(self.training)
             self.num_classes = 0
-            self.needs_two_elements = any(
-                isinstance(m, nn.modules.instancenorm._InstanceNorm) for m in self.features[-1].modules()
-            )
+            self.last_norm = _norm_kind(self.features[-1])
             self.num_pools = max_index
         elif prune_head:
             self.reset_classifier(0, "")
