@@ -1,0 +1,15 @@
+"""`accelerate launch -m kan_zoo.training ...` is the same as `accelerate launch train_imagenet.py ...`."""
+import os
+import sys
+
+from kan_zoo.training.data import DataError
+from kan_zoo.training.run import CheckpointError, ModelError, SimulatedKill, main
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (DataError, ModelError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except SimulatedKill:
+        os._exit(137)  # test hook: vanish like a killed process, no final save
