@@ -321,6 +321,10 @@ def test_corrupt_safetensors_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(CorruptCheckpointError, match=str(snapshot / "model.safetensors")):
         create_pretrained_model("hf-hub:org/corrupt")
 
+    (folder / "config.json").write_text('{"architecture": ')
+    with pytest.raises(CorruptCheckpointError, match=str(folder / "config.json")):
+        create_pretrained_model(f"local-dir:{folder}")
+
     truncated = tmp_path / "truncated.safetensors"
     safetensors.torch.save_file({"w": torch.ones(64, 64)}, str(truncated))
     truncated.write_bytes(truncated.read_bytes()[:-100])

@@ -25,7 +25,8 @@ KAN_CONV_CITATION = """@article{drokin2024kolmogorov,
 
 def _format_value(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.6g}"  # enough digits for accuracies/losses without float noise
+        text = f"{value:.6g}"  # enough digits for accuracies/losses without float noise
+        return text if any(c in text for c in ".en") else text + ".0"  # 71.0 stays visibly a float
     return str(value).replace("|", "\\|")  # a bare | would split the markdown table cell
 
 
