@@ -3,7 +3,7 @@ import os
 import sys
 
 from kan_zoo.training.data import DataError
-from kan_zoo.training.run import CheckpointError, ModelError, SimulatedKill, main
+from kan_zoo.training.run import CheckpointError, ModelError, Preempted, SimulatedKill, main
 
 if __name__ == "__main__":
     try:
@@ -11,5 +11,8 @@ if __name__ == "__main__":
     except (DataError, ModelError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except Preempted as e:
+        print(f"stopped: {e}", file=sys.stderr, flush=True)
+        sys.exit(143)  # "terminated": job schedulers requeue on it
     except SimulatedKill:
         os._exit(137)  # test hook: vanish like a killed process, no final save

@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload the exported model there")
     # Test hook: stop abruptly after this many updates, with no final save, like a kill.
     c.add_argument("--crash-after-steps", type=int, default=None, help=argparse.SUPPRESS)
+    # Test hook: send ourselves SIGTERM (a preemption notice) after this update.
+    c.add_argument("--signal-after-steps", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
 

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import math
+import os
 import random
+import signal
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Optional
 
@@ -13,11 +16,46 @@ import torch.nn.functional as F
 from .checkpoint import TrainState, save_checkpoint
 from .data import sample_seed
 
-__all__ = ["SimulatedKill", "LoopContext", "train_one_epoch", "evaluate"]
+__all__ = ["SimulatedKill", "Preempted", "StopSignal", "LoopContext", "train_one_epoch", "evaluate"]
 
 
 class SimulatedKill(BaseException):
     """Raised by --crash-after-steps: leaves like a kill, with no final save (tests only)."""
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGUSR1 arrived: a checkpoint was saved at the current update, training stopped."""
+
+
+class StopSignal:
+    """Turns SIGTERM / SIGUSR1 (schedulers' preemption notice) into a flag checked once per update."""
+
+    SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1") if hasattr(signal, n))
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self._previous: Dict[int, Any] = {}
+
+    def install(self) -> "StopSignal":
+        if threading.current_thread() is threading.main_thread():  # signal() only works there
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def anywhere(self, accelerator: Any) -> bool:
+        """Collective: True on every process as soon as any one of them got a signal."""
+        flag = torch.tensor(1.0 if self.received is not None else 0.0, device=accelerator.device)
+        if accelerator.num_processes > 1:
+            flag = accelerator.reduce(flag, reduction="sum")
+        return bool(flag.item() > 0)
 
 
 @dataclass
@@ -32,6 +70,7 @@ class LoopContext:
     args: Any
     state: TrainState
     batches_per_epoch: int
+    stop: StopSignal = field(default_factory=StopSignal)
     local_bad: int = 0  # unreadable images seen by this process since the last reduce
     window: Dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "n": 0})
 
@@ -97,6 +136,13 @@ def train_one_epoch(ctx: LoopContext, loader: Iterable, progress: Any) -> None:
             checkpoint(ctx)
         if args.crash_after_steps is not None and state.global_step >= args.crash_after_steps:
             raise SimulatedKill(f"stopped after {state.global_step} updates (--crash-after-steps)")
+        if args.signal_after_steps is not None and state.global_step == args.signal_after_steps:
+            os.kill(os.getpid(), signal.SIGTERM)  # test hook: a preemption notice right here
+        if ctx.stop.anywhere(acc):
+            if not (args.checkpoint_steps and state.global_step % args.checkpoint_steps == 0):
+                checkpoint(ctx)
+            raise Preempted(f"signal received: checkpoint saved at update {state.global_step}; "
+                            f"continue with --resume")
 
 
 def _log_train(ctx: LoopContext, progress: Any) -> None:

@@ -16,12 +16,12 @@ from .config import parse_args
 from .data import (Collate, DataError, ImageClassificationDataset, StreamingImageDataset, build_transforms,
                    load_data)
 from .export import cfg_overrides, export_model
-from .loop import (LoopContext, SimulatedKill, checkpoint, evaluate, lr_warning, sync_bad_count,
+from .loop import (LoopContext, Preempted, SimulatedKill, StopSignal, checkpoint, evaluate, lr_warning, sync_bad_count,
                    train_one_epoch, updates_per_epoch)
 from .modeling import ModelError, create_model
 from .tracking import build_trackers
 
-__all__ = ["main", "SimulatedKill", "DataError", "ModelError", "CheckpointError"]
+__all__ = ["main", "SimulatedKill", "Preempted", "DataError", "ModelError", "CheckpointError"]
 
 _log = logging.getLogger("train_imagenet")
 
@@ -157,7 +157,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
-    from tqdm.auto import tqdm
 
     args = parse_args(argv)
     _preflight(args)
@@ -233,7 +232,23 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 f"{batches} batches x {acc.num_processes} process(es) per epoch, {upe} updates per epoch, "
                 f"{total_updates} in all")
 
-    ctx = LoopContext(acc, model, optimizer, scheduler, criterion, mixup, ema, args, state, batches)
+    # SIGTERM / SIGUSR1 (preemption, scancel, Ctrl-\\ of a job) -> checkpoint at the next update, exit.
+    ctx = LoopContext(acc, model, optimizer, scheduler, criterion, mixup, ema, args, state, batches,
+                      stop=StopSignal().install())
+    try:
+        metrics = _train(ctx, args, acc, data, train_ds, train_loader, val_loader, batches)
+    finally:
+        ctx.stop.uninstall()
+    result = _export(args, acc, model, ema, metrics, data, data_cfg)
+    acc.end_training()
+    return result
+
+
+def _train(ctx: LoopContext, args: Any, acc: Any, data: Any, train_ds: Any, train_loader: Any, val_loader: Any,
+           batches: int) -> Dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    state, ema = ctx.state, ctx.ema
     metrics: Dict[str, Any] = {}
     show = acc.is_local_main_process and not args.no_progress
     start = time.time()
@@ -264,9 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         checkpoint(ctx)  # epoch checkpoint, taken after validation
     if not metrics:  # resumed a finished run: measure again for the export
         metrics = _run_validation(ctx, val_loader, data.streaming)
-    result = _export(args, acc, model, ema, metrics, data, data_cfg)
-    acc.end_training()
-    return result
+    return metrics
 
 
 def _export(args: Any, acc: Any, model: Any, ema: Any, metrics: Dict[str, Any], data: Any,

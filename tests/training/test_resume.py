@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from kan_zoo.training.checkpoint import list_checkpoints
-from kan_zoo.training.run import SimulatedKill, main
+from kan_zoo.training.run import Preempted, SimulatedKill, main
 from accelerate.state import AcceleratorState, GradientState, PartialState
 
 
@@ -31,27 +31,36 @@ def _weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
 
-def test_killed_and_resumed_run_matches_uninterrupted(tiny_folder, tmp_path):
-    full = main(_args(tiny_folder, tmp_path / "full"))
+@pytest.mark.parametrize("mode", ["map", "streaming", "sigterm"])
+def test_killed_and_resumed_run_matches_uninterrupted(tiny_folder, tmp_path, mode):
+    extra = ["--streaming", "--shuffle-buffer", "8"] if mode == "streaming" else []
+    full = main(_args(tiny_folder, tmp_path / "full", *extra))
     _reset()
-    # 36 readable images / batch 4 -> 9 batches, 5 updates per epoch; stop at update 7, mid-epoch 2,
-    # one update after the last checkpoint (update 6), so that update is lost and must be replayed.
-    with pytest.raises(SimulatedKill):
-        main(_args(tiny_folder, tmp_path / "killed", "--crash-after-steps", "7"))
+    # 37 files (one corrupt) / batch 4: map-style 9 batches = 5 updates per epoch, streamed 8 = 4.
+    # Kill: stop at update 7, mid-epoch 2, one update after the last checkpoint (update 6): that
+    # update is lost and must be replayed identically. SIGTERM at update 7: saved there, then stop.
+    if mode == "sigterm":
+        with pytest.raises(Preempted, match="checkpoint saved at update 7"):
+            main(_args(tiny_folder, tmp_path / "killed", "--signal-after-steps", "7"))
+    else:
+        with pytest.raises(SimulatedKill):
+            main(_args(tiny_folder, tmp_path / "killed", "--crash-after-steps", "7", *extra))
     kept = list_checkpoints(tmp_path / "killed")
-    assert [p.name for p in kept] == ["step_000000005", "step_000000006"]  # keep-checkpoints 2
+    assert len(kept) == 2 and kept[-1].name == ("step_000000007" if mode == "sigterm" else "step_000000006")
     state = json.loads((kept[-1] / "trainer_state.json").read_text())
-    assert state["epoch"] == 1 and 0 < state["batch_in_epoch"] < 9
+    assert state["epoch"] == 1 and state["batch_in_epoch"] > 0
     _reset()
-    resumed = main(_args(tiny_folder, tmp_path / "killed", "--resume"))
+    resumed = main(_args(tiny_folder, tmp_path / "killed", "--resume", *extra))
 
-    a = _weights(tmp_path / "full" / "checkpoints" / "step_000000010")
-    b = _weights(tmp_path / "killed" / "checkpoints" / "step_000000010")
+    last = list_checkpoints(tmp_path / "full")[-1].name
+    assert last == list_checkpoints(tmp_path / "killed")[-1].name
+    a = _weights(tmp_path / "full" / "checkpoints" / last)
+    b = _weights(tmp_path / "killed" / "checkpoints" / last)
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
-    ea = load_file(str(tmp_path / "full" / "checkpoints" / "step_000000010" / "ema.safetensors"))
-    eb = load_file(str(tmp_path / "killed" / "checkpoints" / "step_000000010" / "ema.safetensors"))
+    ea = load_file(str(tmp_path / "full" / "checkpoints" / last / "ema.safetensors"))
+    eb = load_file(str(tmp_path / "killed" / "checkpoints" / last / "ema.safetensors"))
     for k in ea:
         torch.testing.assert_close(ea[k], eb[k], rtol=0, atol=1e-6, msg=k)
     assert resumed["metrics"]["val/top1"] == pytest.approx(full["metrics"]["val/top1"])
