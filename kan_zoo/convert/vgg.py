@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Optional, Set, Tuple
 
 import torch
 from torch import nn
@@ -84,6 +84,18 @@ def adapt_kan_stem(state: Mapping[str, Tensor], layer: nn.Module, in_chans: int)
     return out
 
 
+def reference_layer_keys(layer: nn.Module) -> Optional[Set[str]]:
+    """The keys torch-conv-kan saves for the Gram layer (plain or bottleneck) matching ``layer``,
+    or None for other bases; lets a mismatch be reported key by key before converting."""
+    if not isinstance(layer, KANConvNd) or layer.basis.name != "gram":
+        return None
+    groups = range(layer.groups)
+    modules = ["base_conv"] + (["inner_proj", "out_proj"] if isinstance(layer, BottleneckKANConvNd) else [])
+    keys = {"poly_weights", "beta_weights"} | {f"{m}.{g}.weight" for m in modules for g in groups}
+    keys |= {f"layer_norm.{g}.{name}" for name in layer.norm.state_dict() for g in groups}
+    return keys
+
+
 def _stem_in_channels(state: Mapping[str, Tensor], layer: nn.Module) -> int:
     if isinstance(layer, BottleneckKANConvNd):
         return state["proj_in_weight"].shape[1]
@@ -109,6 +121,7 @@ def convert_vgg_state_dict(
     missing: List[str] = []
     unexpected: List[str] = []
     cause = None
+    reported: List[str] = []  # layer prefixes whose mismatch is already listed
 
     per_layer: Dict[int, Dict[str, Tensor]] = defaultdict(dict)
     for key, value in state.items():
@@ -126,6 +139,12 @@ def convert_vgg_state_dict(
         if not isinstance(layer, KANConvNd):
             unexpected += [prefix + k for k in layer_state]
             continue
+        wanted = reference_layer_keys(layer) if reference else None
+        if wanted is not None and wanted != layer_state.keys():
+            missing += sorted(prefix + k for k in wanted - layer_state.keys())
+            unexpected += sorted(prefix + k for k in layer_state.keys() - wanted)
+            reported.append(prefix)  # in reference names; its kan_zoo names are not listed again
+            continue
         try:
             converted = convert_layer_state_dict(layer_state) if reference else dict(layer_state)
             if index == 0 and _stem_in_channels(converted, layer) != model.in_chans:
@@ -134,6 +153,7 @@ def convert_vgg_state_dict(
             # Keys the converter cannot make sense of: report the layer's keys on both sides.
             unexpected += [prefix + k for k in layer_state]
             missing += [k for k in expected if k.startswith(prefix)]
+            reported.append(prefix)
             cause = cause or e
             continue
         own = layer.state_dict()
@@ -144,7 +164,10 @@ def convert_vgg_state_dict(
     keep_head = getattr(model, "num_classes", None) == (getattr(model, "pretrained_cfg", None) or {}).get(
         "num_classes", getattr(model, "num_classes", None)
     )
-    compared = {k for k in expected if keep_head or not k.startswith(_HEAD)}
+    compared = {
+        k for k in expected
+        if (keep_head or not k.startswith(_HEAD)) and not any(k.startswith(p) for p in reported)
+    }
     missing += sorted(k for k in compared - out.keys() if k not in missing)
     unexpected += sorted(k for k in out.keys() - expected.keys() if keep_head or not k.startswith(_HEAD))
     shapes: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = [
