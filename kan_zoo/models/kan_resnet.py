@@ -16,11 +16,28 @@ to the sum (most bases after a tanh), and a ReLU there would hide half of their 
 
 Widths: a KAN conv with a basis of K functions (plus the base branch) has about (K + 1)x the
 parameters and MACs of a plain conv, so every width is half the torchvision width (stem 32, stages
-32/64/128/256 x block expansion), which keeps a degree-3 polynomial basis (K + 1 = 5) near 5/4 of the
-plain parameter count. The wavelet basis is not separable: its activations grow with C_out/groups
+32/64/128/256 x block expansion): a quarter of the plain parameters times (K + 1) = 5 for a
+degree-3 polynomial basis, so ~5/4 of the plain count for basic blocks, and below the plain count
+for bottleneck blocks, whose plain 1x1 convs just shrink 4x. The wavelet basis is not separable: its activations grow with C_out/groups
 (it keeps a (C_out/groups) x C_in x H x W tensor per conv for backward), so it gets a quarter of the
-torchvision widths (stem 16, stages 16/32/64/128). Parameters and GMACs of every variant:
-``scripts/model_table.py`` (the README table).
+torchvision widths (stem 16, stages 16/32/64/128): summed over ResNet-18 at 224 px, one such tensor
+is 18M elements per image at quarter width against 66M (~250 MB fp32, and backward keeps several)
+at half width. The resulting sizes (params / GMACs at 224 px, convs and matmuls only; the
+polynomial bases gram, legendre, jacobi and bernstein equal gram; chebyshev has no base branch
+and is smaller; bspline, rbf and relu have 8 functions; plain timm ResNets for scale):
+
+    ============  ==============  ==============  ==============  ==============
+    depth         gram (K=4)      bspline (K=8)   wavelet         plain timm
+    ============  ==============  ==============  ==============  ==============
+    resnet18      14.1M / 2.40    25.1M / 4.31    1.8M / 0.29     11.7M / 1.81
+    resnet34      26.7M / 4.71    47.8M / 8.47    3.2M / 0.53     21.8M / 3.66
+    resnet50      18.3M / 3.14    29.6M / 5.22    2.9M / 0.44     25.6M / 4.09
+    resnet101     33.0M / 6.03    54.4M / 10.08   5.0M / 0.81     44.5M / 7.80
+    resnet152     45.2M / 8.92    74.8M / 14.94   6.6M / 1.18     60.2M / 11.51
+    ============  ==============  ==============  ==============  ==============
+
+Every variant: ``scripts/model_table.py`` (the README table). The wavelet GMACs leave out its
+elementwise wavelet evaluation, which is what it spends its time on.
 
 The network needs inputs of at least ``min_input_size`` = 32 px per side (its total stride); smaller
 inputs raise a ValueError naming that size.
