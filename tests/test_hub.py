@@ -227,8 +227,13 @@ def test_pretrained_cfg_overrides_and_labels(tmp_path):
         export_to_folder(model, tmp_path / "bad", pretrained_cfg_overrides={"num_classes": 7})
     assert not (tmp_path / "bad").exists()
 
-    transformers = pytest.importorskip("transformers", reason="transformers not installed (test extra)")
-    wrapped = transformers.AutoModelForImageClassification.from_pretrained(str(tmp_path / "cfg"))
+
+def test_label_names_become_transformers_id2label(tmp_path):
+    transformers = pytest.importorskip(
+        "transformers", reason="transformers is not installed: add it to the test extra to check TimmWrapper loading")
+    labels = ["ant", "bee", "cat", "dog", "eel"]
+    folder = export_to_folder(_test_resnet(), tmp_path / "out", label_names=labels)
+    wrapped = transformers.AutoModelForImageClassification.from_pretrained(str(folder))
     assert wrapped.config.id2label == dict(enumerate(labels))
 
 
