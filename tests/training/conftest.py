@@ -35,12 +35,11 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_accelerate(monkeypatch, tmp_path):
+def _fresh_accelerate():
     """main() may run several times in one test process: reset accelerate's singletons each time."""
     import torch
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: threads only add contention on a 2-core box
     yield

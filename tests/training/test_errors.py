@@ -11,7 +11,7 @@ from kan_zoo.training.run import main
 def _run(folder, out, *extra):
     base = ["--dataset", str(folder), "--model", "test_resnet", "--img-size", "16", "--epochs", "1",
             "--batch-size", "4", "--grad-accum", "1", "--workers", "0", "--no-progress", "--log-with", "none",
-            "--output", str(out)]
+            "--output", str(out), "--cache-dir", str(out.parent / "hf_cache")]
     return main([*base, *extra])
 
 

@@ -24,7 +24,7 @@ def _args(folder, out, *extra):
             "--batch-size", "4", "--grad-accum", "2", "--warmup-steps", "3", "--lr", "3e-3", "--workers", "0",
             "--mixup", "0.4", "--cutmix", "0.4", "--drop-rate", "0.2", "--model-ema-decay", "0.9",
             "--checkpoint-steps", "2", "--keep-checkpoints", "2", "--log-every", "1", "--no-progress",
-            "--output", str(out), *extra]
+            "--output", str(out), "--cache-dir", str(out.parent / "hf_cache"), *extra]
 
 
 def _weights(folder):
@@ -33,7 +33,8 @@ def _weights(folder):
 
 @pytest.mark.parametrize("mode", ["map", "streaming", "sigterm"])
 def test_killed_and_resumed_run_matches_uninterrupted(tiny_folder, tmp_path, mode):
-    extra = ["--streaming", "--shuffle-buffer", "8"] if mode == "streaming" else []
+    # a local folder streamed has no split sizes unless datasets built it before: give the count
+    extra = ["--streaming", "--shuffle-buffer", "8", "--train-samples", "37"] if mode == "streaming" else []
     full = main(_args(tiny_folder, tmp_path / "full", *extra))
     _reset()
     # 37 files (one corrupt) / batch 4: map-style 9 batches = 5 updates per epoch, streamed 8 = 4.
