@@ -111,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> float:
     out = work / f"run_{args.model}_{args.img_size}px_{args.epochs}ep"
     resume = ["--resume"] if (out / "checkpoints").is_dir() else []
     cmd = train_command(data, out, args) + resume
-    print("$ " + " ".join(cmd[1:3] + ["launch"] + cmd[3:]), flush=True)
+    print("$ CUDA_VISIBLE_DEVICES= accelerate launch " + " ".join(cmd[3:]), flush=True)
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     env.setdefault("HF_DATASETS_CACHE", str(work / "hf_cache"))
     rc = subprocess.run(cmd, env=env).returncode  # inherits stdout/stderr: progress streams live
