@@ -39,10 +39,23 @@ class TrainState:
     batch_in_epoch: int = 0  # training batches of this epoch consumed
     skipped_images: int = 0  # unreadable training images so far, all processes
     model: str = ""
+    # what batch_in_epoch counts in: a resume with another layout converts the position
+    num_processes: int = 1
+    batch_size: int = 0
 
 
 def _ckpt_dir(root: Path) -> Path:
     return root / "checkpoints"
+
+
+def _recover_replaced(root: Path) -> None:
+    """Undo a kill between the two renames that replace a same-step checkpoint (see save_checkpoint)."""
+    for old in root.glob(".old-step_*"):
+        final = root / old.name[len(".old-"):]
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
 
 
 def list_checkpoints(output_dir: Union[str, Path]) -> List[Path]:
@@ -50,6 +63,10 @@ def list_checkpoints(output_dir: Union[str, Path]) -> List[Path]:
     root = _ckpt_dir(Path(output_dir))
     if not root.is_dir():
         return []
+    try:
+        _recover_replaced(root)
+    except OSError:
+        pass  # another process got there first
     found = [p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name) and (p / STATE_FILE).is_file()]
     return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
 
@@ -94,12 +111,17 @@ def save_checkpoint(accelerator: Any, output_dir: Union[str, Path], state: Train
     if accelerator.is_local_main_process:
         # On a shared filesystem one node wins the rename, the others find tmp gone; on node-local
         # disks each node renames its own copy.
-        if final.exists():
-            shutil.rmtree(final)  # same step saved twice (e.g. step and epoch end coincide)
+        # Same step saved twice (a step checkpoint on the epoch's last update, then the epoch-end
+        # one): move the old one aside rather than delete it, so a kill between the renames still
+        # leaves a complete checkpoint (list_checkpoints puts it back).
+        old = root / f".old-{final.name}"
         try:
+            if final.exists():
+                os.replace(final, old)
             os.replace(tmp, final)
         except FileNotFoundError:
             pass
+        shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(root)
         for old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

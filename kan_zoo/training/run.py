@@ -208,10 +208,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                          device=acc.device)
         ema.eval()
 
-    state = TrainState(model=args.model)
+    state = TrainState(model=args.model, num_processes=acc.num_processes, batch_size=args.batch_size)
     resume_from = resolve_resume(args.resume, out)
     if resume_from is not None:
         state = load_checkpoint(acc, resume_from, model, ema, args.model)
+        _adapt_position(acc, state, args, batches)
         _print(acc, f"resumed from {resume_from}: epoch {state.epoch + 1}, batch {state.batch_in_epoch}, "
                     f"update {state.global_step}")
     elif args.resume:
@@ -242,6 +243,23 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     result = _export(args, acc, model, ema, metrics, data, data_cfg)
     acc.end_training()
     return result
+
+
+def _adapt_position(acc: Any, state: TrainState, args: Any, batches: int) -> None:
+    """A resume on another number of processes or batch size: keep the samples seen this epoch.
+
+    The exact sample order then differs from an uninterrupted run (the sampler shards it per
+    process), so this is a close continuation rather than a bitwise one; said out loud.
+    """
+    old = (state.num_processes or acc.num_processes, state.batch_size or args.batch_size)
+    new = (acc.num_processes, args.batch_size)
+    if old != new and state.batch_in_epoch:
+        seen = state.batch_in_epoch * old[0] * old[1]
+        state.batch_in_epoch = min(seen // (new[0] * new[1]), batches)
+        _print(acc, f"warning: checkpoint written with {old[0]} process(es) x batch {old[1]}, resuming with "
+                    f"{new[0]} x {new[1]}: continuing at batch {state.batch_in_epoch} of the epoch (same number of "
+                    f"samples seen, not the same samples)")
+    state.num_processes, state.batch_size = new
 
 
 def _train(ctx: LoopContext, args: Any, acc: Any, data: Any, train_ds: Any, train_loader: Any, val_loader: Any,

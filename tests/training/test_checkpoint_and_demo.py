@@ -39,3 +39,11 @@ def test_digits_folder_split(tmp_path):
     assert len(files["test"]) == 360
     for split in files:
         assert sorted(p.name for p in (root / split).iterdir()) == [str(d) for d in range(10)]
+
+
+def test_kill_while_replacing_a_same_step_checkpoint_is_recovered(tmp_path):
+    _fake(tmp_path, "step_000000004")
+    old = _fake(tmp_path, ".old-step_000000008")  # moved aside, the new copy never renamed in
+    _fake(tmp_path, ".tmp-step_000000008")
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000004", "step_000000008"]
+    assert not old.exists()
