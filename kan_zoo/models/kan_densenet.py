@@ -55,7 +55,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import BASES, KANConv2d
-from ._registry import kan_cfg, model_name, register_entry_points
+from ._registry import PAPER_IDS, kan_cfg, model_name, register_entry_points
 from .kan_resnet import check_min_input_size
 
 __all__ = ["KANDenseNet", "KANDenseLayer", "KANDenseBlock", "KANDenseTransition"]
@@ -317,12 +317,11 @@ _VARIANTS: Dict[str, Tuple[str, str]] = {model_name(arch, basis): (arch, basis) 
 
 
 def _cfg(arch: str) -> Dict[str, Any]:
-    if arch in _TEST_ARCHS:  # tiny contract-test models, evaluated at 64 px
-        return kan_cfg(
-            first_conv="features.conv0", classifier="classifier", input_size=(3, 64, 64), pool_size=(2, 2),
-            crop_pct=0.95,
-        )
-    return kan_cfg(first_conv="features.conv0", classifier="classifier")
+    # The KAN papers plus the DenseNet paper whose topology this is.
+    common = dict(first_conv="features.conv0", classifier="classifier", paper_ids=f"{PAPER_IDS},arXiv:1608.06993")
+    if arch in _TEST_ARCHS:  # tiny contract-test models, evaluated at their 32 px minimum
+        return kan_cfg(input_size=(3, 32, 32), pool_size=(1, 1), crop_pct=1.0, **common)
+    return kan_cfg(**common)
 
 
 # No weights exist for these families yet: the cfgs carry no url/hf_hub_id, only the preprocessing.
