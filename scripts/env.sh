@@ -12,4 +12,5 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
     touch "$STAMP"
 fi
 PY="$VENV/bin/python"
+bash "$ROOT/scripts/fetch_timm_tests.sh" "$PY"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
