@@ -184,3 +184,27 @@ def test_mismatched_keys_are_listed(tmp_path, monkeypatch):
     assert sorted(info.value.unexpected_keys) == ["features.1.weight", "features.4.extra_gate"]
     for key in info.value.missing_keys + info.value.unexpected_keys:
         assert key in message
+
+
+def test_model_card_states_source_licence_accuracy_and_size():
+    from kan_zoo.models.kan_vgg import pretrained_model_card
+
+    for tag, info in PRETRAINED_WEIGHTS.items():
+        card = pretrained_model_card(tag)
+        for fact in (info["hf_hub_id"], f"{info['top1']:.2f}", f"{info['top5']:.2f}", f"{info['params']:,}",
+                     "MIT", "resize 256, centre crop 224", "bilinear"):
+            assert fact in card, (tag, fact)
+
+
+def test_kan_zoo_layout_round_trips_through_local_dir(tmp_path):
+    """Weights exported by kan_zoo (already in our layout) load through the same filter, in_chans included."""
+    from kan_zoo.hub import export_to_folder
+
+    model = timm.create_model("kan_test_vgg_gram", num_classes=5).eval()
+    export_to_folder(model, tmp_path / "export")
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        loaded = timm.create_model(f"local-dir:{tmp_path / 'export'}", pretrained=True).eval()
+        torch.testing.assert_close(loaded(x.expand(-1, 3, -1, -1)), model(x.expand(-1, 3, -1, -1)), rtol=0, atol=0)
+        grey = timm.create_model(f"local-dir:{tmp_path / 'export'}", pretrained=True, in_chans=1).eval()
+        torch.testing.assert_close(grey(x), model(x.expand(-1, 3, -1, -1)))
