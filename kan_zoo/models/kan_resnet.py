@@ -18,11 +18,11 @@ Widths: a KAN conv with a basis of K functions (plus the base branch) has about 
 parameters and MACs of a plain conv, so every width is half the torchvision width (stem 32, stages
 32/64/128/256 x block expansion): a quarter of the plain parameters times (K + 1) = 5 for a
 degree-3 polynomial basis, so ~5/4 of the plain count for basic blocks, and below the plain count
-for bottleneck blocks, whose plain 1x1 convs just shrink 4x. The wavelet basis is not separable: its activations grow with C_out/groups
-(it keeps a (C_out/groups) x C_in x H x W tensor per conv for backward), so it gets a quarter of the
-torchvision widths (stem 16, stages 16/32/64/128): summed over ResNet-18 at 224 px, one such tensor
-is 18M elements per image at quarter width against 66M (~250 MB fp32, and backward keeps several)
-at half width. The resulting sizes (params / GMACs at 224 px, convs and matmuls only; the
+for bottleneck blocks, whose plain 1x1 convs just shrink 4x. The wavelet basis is not separable:
+its activations grow with C_out/groups (it keeps (C_out/groups) x C_in x H x W tensors per conv for
+backward), so it gets a quarter of the torchvision widths (stem 16, stages 16/32/64/128): summed
+over ResNet-18 at 224 px, one such tensor is 18M elements per image at quarter width against 66M
+(~250 MB fp32, and backward keeps several) at half width. The resulting sizes (params / GMACs at 224 px, convs and matmuls only; the
 polynomial bases gram, legendre, jacobi and bernstein equal gram; chebyshev has no base branch
 and is smaller; bspline, rbf and relu have 8 functions; plain timm ResNets for scale):
 
@@ -353,7 +353,8 @@ def model_args(arch: str, basis: str) -> Dict[str, Any]:
     """The KANResNet keyword arguments of ``kan_<arch>_<basis>``."""
     block, layers, widths, stem = ARCHS[arch]
     div = width_divisor(basis)
-    return dict(block=block, layers=layers, channels=tuple(w // div for w in widths), stem_width=stem // div, basis=basis)
+    channels = tuple(w // div for w in widths)
+    return dict(block=block, layers=layers, channels=channels, stem_width=stem // div, basis=basis)
 
 
 _VARIANTS: Dict[str, Tuple[str, str]] = {model_name(arch, basis): (arch, basis) for arch in ARCHS for basis in BASES}
