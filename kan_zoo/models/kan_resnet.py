@@ -22,9 +22,11 @@ for bottleneck blocks, whose plain 1x1 convs just shrink 4x. The wavelet basis i
 its activations grow with C_out/groups (it keeps (C_out/groups) x C_in x H x W tensors per conv for
 backward), so it gets a quarter of the torchvision widths (stem 16, stages 16/32/64/128): summed
 over ResNet-18 at 224 px, one such tensor is 18M elements per image at quarter width against 66M
-(~250 MB fp32, and backward keeps several) at half width. The resulting sizes (params / GMACs at 224 px, convs and matmuls only; the
-polynomial bases gram, legendre, jacobi and bernstein equal gram; chebyshev has no base branch
-and is smaller; bspline, rbf and relu have 8 functions; plain timm ResNets for scale):
+(~250 MB fp32, and backward keeps several) at half width.
+
+The resulting sizes (params / GMACs at 224 px, convs and matmuls only; legendre, jacobi and
+bernstein equal gram; chebyshev has no base branch and is smaller; bspline, rbf and relu have 8
+functions; plain timm ResNets for scale):
 
     ============  ==============  ==============  ==============  ==============
     depth         gram (K=4)      bspline (K=8)   wavelet         plain timm
