@@ -63,7 +63,8 @@ def _resolve_format(dataset: str, fmt: str) -> str:
             return "parquet"
         return "imagefolder"
     # Hub ids are "name" or "owner/name"; anything else that looks like a path is a missing path.
-    looks_like_path = dataset.startswith((".", "/", "~")) or dataset.count("/") > 1 or os.sep != "/" and os.sep in dataset
+    looks_like_path = (dataset.startswith((".", "/", "~")) or dataset.count("/") > 1
+                       or (os.sep != "/" and os.sep in dataset))
     if looks_like_path or Path(dataset).suffix in (".parquet", ".arrow"):
         raise DataError(f"dataset path {str(path)!r} does not exist")
     return "hub"

@@ -7,7 +7,6 @@ the same layout itself with timm's own serializer: model.safetensors, a timm con
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 

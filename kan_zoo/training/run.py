@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import torch
 
@@ -16,8 +16,8 @@ from .config import parse_args
 from .data import (Collate, DataError, ImageClassificationDataset, StreamingImageDataset, build_transforms,
                    load_data)
 from .export import cfg_overrides, export_model
-from .loop import (LoopContext, Preempted, SimulatedKill, StopSignal, checkpoint, evaluate, lr_warning, sync_bad_count,
-                   train_one_epoch, updates_per_epoch)
+from .loop import (LoopContext, Preempted, SimulatedKill, StopSignal, checkpoint, evaluate, lr_warning,
+                   sync_bad_count, train_one_epoch, updates_per_epoch)
 from .modeling import ModelError, create_model
 from .tracking import build_trackers
 
@@ -33,8 +33,6 @@ def _print(acc: Any, msg: str) -> None:
 
 def _preflight(args: Any) -> None:
     """Cheap checks that need neither data nor processes."""
-    import timm
-
     import kan_zoo  # noqa: F401  registers the kan_* architectures in timm
 
     from .modeling import _check_name
@@ -50,7 +48,6 @@ def _preflight(args: Any) -> None:
     if args.resume is None and list_checkpoints(out):
         raise CheckpointError(f"{str(out)!r} already holds checkpoints; pass --resume to continue that run "
                               f"or choose another --output")
-    del timm
 
 
 def _cpu_only_distributed() -> bool:
