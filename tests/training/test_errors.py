@@ -27,6 +27,11 @@ def _run(folder, out, *extra):
     (["--model", "test_resnett"], ModelError, r"unknown model 'test_resnett'.*did you mean.*test_resnet"),
     (["--num-classes", "7"], DataError, r"--num-classes 7 but the label column 'label' has 3 classes"),
     (["--pretrained-file", "/no/such/weights.safetensors"], ModelError, r"--pretrained-file .* does not exist"),
+    # checked against the published config, before any download
+    (["--pretrained"], ModelError,
+     r"pretrained head of 'test_resnet' has 1000 classes but the data has 3; pass --reset-head"),
+    (["--model", "kan_test_vgg_gram", "--pretrained"], ModelError,
+     r"'kan_test_vgg_gram' has no published pretrained weights"),
 ])
 def test_bad_input_is_refused_before_training(tiny_folder, tmp_path, extra, error, pattern):
     out = tmp_path / "run"
