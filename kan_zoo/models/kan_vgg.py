@@ -41,6 +41,7 @@ have >= 2 elements (64 x 64 for the 224-px VGGs); smaller inputs raise a ValueEr
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -473,7 +474,8 @@ def _describe_source(model: nn.Module) -> str:
 def _create_kan_vgg(variant: str, pretrained: bool = False, **kwargs: Any) -> KanVgg:
     model_args = dict(MODEL_ARGS[variant], **kwargs)
     out_indices = model_args.pop("out_indices", tuple(range(len(model_args["depths"]))))
-    build = lambda: build_model_with_cfg(  # noqa: E731
+    build = functools.partial(
+        build_model_with_cfg,
         KanVgg,
         variant,
         pretrained,

@@ -152,6 +152,8 @@ def test_pretrained_cfgs_describe_the_checkpoints():
         notes = " ".join(cfg["notes"])
         assert f"{info['top1']:.2f}" in notes and f"{info['top5']:.2f}" in notes and f"{info['params']:,}" in notes
         assert info["hf_hub_id"] in notes
+    # The bare architecture name resolves to its only tag, as timm does for its own models.
+    assert timm.models.get_pretrained_cfg("kan_vgg11_gram").hf_hub_id == "brivangl/vgg_kagn11_v4"
     with pytest.raises(RuntimeError, match="No pretrained weights"):
         timm.create_model("kan_vgg13_gram", pretrained=True, device="meta")
 
