@@ -1,6 +1,9 @@
 """The KAN ResNet family against timm's model contract (fast: tiny networks at 32 px or the meta device)."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -222,3 +225,33 @@ def test_bad_inputs_raise_clear_errors():
         model(_x(chans=4))
     with pytest.raises(ValueError, match="4-D"):
         model(torch.randn(3, SIZE, SIZE))
+
+
+def test_model_table_counts_match_the_layer_shapes():
+    """scripts/model_table.py (the README table): its GMACs equal the MACs the conv/linear shapes imply."""
+    script = Path(__file__).parents[2] / "scripts" / "model_table.py"
+    spec = importlib.util.spec_from_file_location("model_table", script)
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    name = "kan_resnet18_gram"
+    assert name in table.classification_models("kan_resnet18_*")
+    assert not any(n.startswith("kan_test_") for n in table.classification_models())
+    params, gmacs = table.measure(name, img_size=64)
+
+    model = timm.create_model(name, device="meta").eval()
+    assert params == sum(p.numel() for p in model.parameters())
+    macs = []
+
+    def count(module, inputs, output):
+        if isinstance(module, nn.Linear):
+            macs.append(output.numel() * module.in_features)
+        else:  # a (KAN) conv: every output element reads weight.shape[1] x kernel inputs
+            macs.append(output.numel() * module.weight[0].numel())
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, KANConv2d, nn.Linear)):
+            m.register_forward_hook(count)
+    with torch.no_grad():
+        model(torch.empty(1, 3, 64, 64, device="meta"))
+    assert gmacs == pytest.approx(sum(macs) / 1e9, rel=1e-6)
+    assert f"| resnet18 | {table._fmt(params, gmacs)} |" in table.pivot_table({name: (params, gmacs)})
