@@ -2,11 +2,12 @@
 from .bases import BASES, Basis, get_basis_class, register_basis
 from .bottleneck import BottleneckKANConv1d, BottleneckKANConv2d, BottleneckKANConv3d, BottleneckKANConvNd
 from .conv import KANConv1d, KANConv2d, KANConv3d, KANConvNd
+from .fused import set_memory_efficient
 from .helpers import GroupPReLU
 from .linear import KANLinear
 
 __all__ = [
     "BASES", "Basis", "get_basis_class", "register_basis", "KANConvNd", "KANConv1d", "KANConv2d", "KANConv3d",
     "BottleneckKANConvNd", "BottleneckKANConv1d", "BottleneckKANConv2d", "BottleneckKANConv3d", "KANLinear",
-    "GroupPReLU",
+    "GroupPReLU", "set_memory_efficient",
 ]

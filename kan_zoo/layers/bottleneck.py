@@ -15,7 +15,7 @@ from torch import nn
 
 from .bases import get_basis_class
 from .conv import DEFAULT_NORM, KANConvNd, _IntOrTuple, _uniform
-from .helpers import CONV_FNS, NormSpec, check_channels, check_input, stack_functions
+from .helpers import CONV_FNS, NormSpec, check_channels, check_input
 
 __all__ = ["BottleneckKANConvNd", "BottleneckKANConv1d", "BottleneckKANConv2d", "BottleneckKANConv3d", "inner_width"]
 
@@ -69,6 +69,7 @@ class BottleneckKANConvNd(KANConvNd):
         dropout: float = 0.0,
         dim_reduction: float = 4.0,
         noise_injection: float = 0.0,
+        memory_efficient: bool = False,
         device: Optional[Union[str, torch.device]] = None,
         dtype: Optional[torch.dtype] = None,
         **basis_options: Any,
@@ -86,7 +87,8 @@ class BottleneckKANConvNd(KANConvNd):
         self.noise_injection = noise_injection
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
-            basis=basis, degree=degree, norm_layer=norm_layer, dropout=dropout, device=device, dtype=dtype,
+            basis=basis, degree=degree, norm_layer=norm_layer, dropout=dropout, memory_efficient=memory_efficient,
+            device=device, dtype=dtype,
             **basis_options,
         )
 
@@ -117,8 +119,7 @@ class BottleneckKANConvNd(KANConvNd):
         check_input(self, x, self.ndim, self.in_channels)
         x = self.noise(x)
         inner = CONV_FNS[self.ndim](x, self.proj_in_weight, groups=self.groups)
-        t = self.dropout(self.basis.prepare(inner))
-        y = self._conv(stack_functions(self.basis.expand(t), self.groups), self.weight, self.groups)
+        y = self.expand_conv(None, inner)
         y = CONV_FNS[self.ndim](y, self.proj_out_weight, groups=self.groups)
         if self.base_weight is not None:
             y = y + self._conv(self.basis.base(x), self.base_weight, self.groups)

@@ -8,13 +8,15 @@ convolution with a fused weight of shape (C_out, F * C_in / groups, *kernel).
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, List, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.layers import register_notrace_module
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .bases import get_basis_class
+from .fused import ExpandConvFunction, numeric_padding
 from .helpers import (
     CONV_FNS,
     NormSpec,
@@ -38,6 +40,9 @@ class KANConvNd(nn.Module):
 
     Parameters follow nn.ConvNd; ``basis`` names one of kan_zoo.layers.BASES and ``basis_options``
     go to it (e.g. ``grid_size`` for bspline). ``dropout`` is channel dropout on the basis input t.
+    ``memory_efficient=True`` recomputes the basis in backward instead of storing it (about the
+    activation memory of a plain conv, for one more pass of elementwise work; same outputs and
+    gradients); ``kan_zoo.layers.set_memory_efficient(model)`` flips it on a whole model.
 
     Parameters:
         weight: (C_out, F * C_in / groups, *kernel); input block f of a group is function f
@@ -62,12 +67,14 @@ class KANConvNd(nn.Module):
         degree: int = 3,
         norm_layer: NormSpec = DEFAULT_NORM,
         dropout: float = 0.0,
+        memory_efficient: bool = False,
         device: Optional[Union[str, torch.device]] = None,
         dtype: Optional[torch.dtype] = None,
         **basis_options: Any,
     ) -> None:
         super().__init__()
         n = self.ndim
+        self.memory_efficient = bool(memory_efficient)
         check_channels(in_channels, out_channels, groups)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
@@ -83,6 +90,8 @@ class KANConvNd(nn.Module):
             self.padding: Union[str, Tuple[int, ...]] = padding
         else:
             self.padding = to_tuple(padding, n, "padding")
+        # What the fused backward passes to aten.convolution_backward; None where it cannot (even 'same').
+        self.numeric_padding = numeric_padding(self.padding, self.kernel_size, self.dilation)
 
         basis_cls = get_basis_class(basis)
         if not basis_cls.separable:
@@ -143,18 +152,68 @@ class KANConvNd(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x, self.ndim, self.in_channels)
         basis_input = self.norm(x) if self.basis.normalizes_input else x
-        t = self.dropout(self.basis.prepare(basis_input))
         if self.basis.separable:
-            functions = self.basis.expand(t)
-            if self.base_folded:
-                functions = [self.basis.base(x)] + functions
-            y = self._conv(stack_functions(functions, self.groups), self.weight, self.groups)
+            y = self.expand_conv(x if self.base_folded else None, basis_input)
         else:
+            t = self.dropout(self.basis.prepare(basis_input))
             y = self._conv(self.basis.base(x), self.weight, self.groups)
-            y = y + self.basis.convolve(t, self._conv)
+            if self.memory_efficient and torch.is_grad_enabled():
+                # Not separable: the wavelet tensor is C_out / G times the input; recompute it in backward.
+                y = y + checkpoint(self.basis.convolve, t, self._conv, use_reentrant=False)
+            else:
+                y = y + self.basis.convolve(t, self._conv)
         if not self.basis.normalizes_input:
             y = self.norm(y)
         return self.act(y)
+
+    # -- the separable core: conv([base(x), B_1(t), ..., B_K(t)]) with t = prepare(u) * dropout mask
+    def dropout_mask(self, u: torch.Tensor) -> Optional[torch.Tensor]:
+        """The channel-dropout multiplier for t, shaped (N, C, 1, ...), or None.
+
+        Dropout applied to ones draws the same random numbers as dropout applied to t and gives
+        exactly its scaled mask, so t * mask equals dropout(t) while the mask is all a recomputing
+        backward needs to keep.
+        """
+        if not self.training or isinstance(self.dropout, nn.Identity):
+            return None
+        return self.dropout(u.new_ones(u.shape[:2] + (1,) * self.ndim))
+
+    def basis_functions(
+        self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]
+    ) -> List[torch.Tensor]:
+        t = self.basis.prepare(u)
+        if mask is not None:
+            t = t * mask
+        functions = self.basis.expand(t)
+        return [self.basis.base(x)] + functions if x is not None else functions
+
+    def stacked_basis(self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        return stack_functions(self.basis_functions(x, u, mask), self.groups)
+
+    def expand_conv(self, x: Optional[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
+        """conv(stacked basis of (x, u), weight): one fused autograd node where it applies."""
+        mask = self.dropout_mask(u)
+        params = list(self.basis.parameters())
+        needs_grad = torch.is_grad_enabled() and (
+            u.requires_grad or self.weight.requires_grad or any(p.requires_grad for p in params)
+            or (x is not None and x.requires_grad)
+        )
+        if not needs_grad:
+            return self._conv(self.stacked_basis(x, u, mask), self.weight, self.groups)
+        fusable = (
+            self.numeric_padding is not None
+            and not torch.compiler.is_compiling()  # let the compiler see (and fuse) the plain ops
+            and u.device.type != "meta"  # shapes only: nothing to save, and no autocast state to ask
+            and not torch.is_autocast_enabled(u.device.type)
+        )
+        if fusable:
+            return ExpandConvFunction.apply(self, not self.memory_efficient, x, u, mask, self.weight, *params)
+        if self.memory_efficient:
+            return checkpoint(self._expand_conv_plain, x, u, mask, use_reentrant=False)
+        return self._expand_conv_plain(x, u, mask)
+
+    def _expand_conv_plain(self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        return self._conv(self.stacked_basis(x, u, mask), self.weight, self.groups)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

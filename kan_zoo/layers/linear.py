@@ -32,6 +32,7 @@ class KANLinear(KANConvNd):
         norm_layer: NormSpec = None,
         output_activation: bool = True,
         dropout: float = 0.0,
+        memory_efficient: bool = False,
         device: Optional[Union[str, torch.device]] = None,
         dtype: Optional[torch.dtype] = None,
         **basis_options: Any,
@@ -40,7 +41,7 @@ class KANLinear(KANConvNd):
             raise ValueError("KANLinear cannot use instance norm (one element per channel); use 'batch' or None")
         super().__init__(
             in_features, out_features, 1, basis=basis, degree=degree, norm_layer=norm_layer, dropout=dropout,
-            device=device, dtype=dtype, **basis_options,
+            memory_efficient=memory_efficient, device=device, dtype=dtype, **basis_options,
         )
         if not self.basis.separable:
             raise ValueError(f"KANLinear does not support the non-separable basis {basis!r}")

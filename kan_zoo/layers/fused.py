@@ -1,0 +1,139 @@
+"""The basis expansion and its convolution as ONE autograd node, with a hand-run backward.
+
+Why: left to autograd, a KAN conv keeps every intermediate of the basis recurrence plus the stacked
+(basis size + 1) x C_in tensor for backward, and its backward walks the recurrence op by op. This
+node keeps only what it chooses:
+  * default mode: the input and the stacked basis (the conv needs it for the weight gradient);
+  * memory-efficient mode: the input only; backward rebuilds the stacked basis without grad
+    (one extra pass of elementwise work, no extra convolution), so the layer keeps about the
+    activations of a plain conv.
+Backward then runs the conv's backward once (aten.convolution_backward) and pushes the gradient of
+the stacked tensor through the basis by re-running the basis under autograd. Outputs and gradients
+equal the plain autograd path up to float rounding (tests/layers/test_memory_efficient.py).
+
+The layer falls back to plain autograd (or to checkpointing, in memory-efficient mode) where this
+node does not apply: autocast, torch.compile tracing, and 'same' padding that is not symmetric.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+__all__ = ["ExpandConvFunction", "numeric_padding", "swap_parameters", "set_memory_efficient"]
+
+
+def numeric_padding(padding, kernel_size: Sequence[int], dilation: Sequence[int]) -> Optional[Tuple[int, ...]]:
+    """The symmetric per-dimension padding a padding spec means, or None for asymmetric 'same'."""
+    if padding == "valid":
+        return (0,) * len(kernel_size)
+    if padding == "same":
+        total = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
+        return None if any(t % 2 for t in total) else tuple(t // 2 for t in total)
+    return tuple(padding)
+
+
+@contextlib.contextmanager
+def swap_parameters(module: nn.Module, tensors: Dict[str, torch.Tensor]) -> Iterator[None]:
+    """Temporarily make ``module``'s parameters the given tensors (by qualified name).
+
+    Backward recomputes the basis with the parameter tensors the forward saw, which under
+    torch.func.functional_call are not the module's own parameters any more.
+    """
+    saved = []
+    try:
+        for name, tensor in tensors.items():
+            owner_name, _, leaf = name.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            saved.append((owner, leaf, owner._parameters[leaf]))
+            owner._parameters[leaf] = tensor  # type: ignore[assignment]
+        yield
+    finally:
+        for owner, leaf, original in reversed(saved):
+            owner._parameters[leaf] = original
+
+
+class ExpandConvFunction(torch.autograd.Function):
+    """y = conv(layer.stacked_basis(x, u, mask), weight) for a KANConvNd ``layer``.
+
+    x feeds the base branch, u the basis (``prepare(u) * mask``); for most layers x is u. The basis
+    parameters come last so that autograd routes their gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, layer, keep_basis: bool, x, u, mask, weight, *params):  # type: ignore[override]
+        stacked = layer.stacked_basis(x, u, mask)
+        y = layer._conv(stacked, weight, layer.groups)
+        ctx.layer = layer
+        ctx.x_is_u = x is u
+        ctx.param_names = [name for name, _ in layer.basis.named_parameters()]
+        ctx.save_for_backward(x, None if x is u else u, mask, weight, stacked if keep_basis else None, *params)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):  # type: ignore[override]
+        x, u, mask, weight, stacked, *params = ctx.saved_tensors
+        if ctx.x_is_u:
+            u = x
+        layer = ctx.layer
+        need_x, need_u, _, need_w = ctx.needs_input_grad[2:6]
+        need_params = ctx.needs_input_grad[6:]
+        need_basis = need_x or need_u or any(need_params)
+        if stacked is None:  # memory-efficient mode: rebuild what the forward did not keep
+            with torch.no_grad(), swap_parameters(layer.basis, dict(zip(ctx.param_names, params))):
+                stacked = layer.stacked_basis(x, u, mask)
+        grad_stacked, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad_y, stacked, weight, None, layer.stride, layer.numeric_padding, layer.dilation, False,
+            [0] * layer.ndim, layer.groups, [need_basis, need_w, False],
+        )
+        del stacked
+        grads: List[Optional[torch.Tensor]] = [None] * (3 + len(params))  # x, u, params
+        if need_basis:
+            grads = _basis_backward(ctx, layer, x, u, mask, params, grad_stacked, need_x, need_u, need_params)
+        grad_x, grad_u, *grad_params = grads
+        if ctx.x_is_u:
+            grad_x, grad_u = grad_x, None
+        return (None, None, grad_x, grad_u, None, grad_w, *grad_params)
+
+
+def _basis_backward(ctx, layer, x, u, mask, params, grad_stacked, need_x, need_u, need_params) -> list:
+    """Gradients of (x, u, *params) given the gradient of the stacked basis, by re-running the
+    basis under autograd with the stacked gradient split back into one gradient per function."""
+    with torch.enable_grad():
+        xd = x.detach().requires_grad_(need_x or (ctx.x_is_u and need_u)) if x is not None else None
+        ud = xd if ctx.x_is_u else (u.detach().requires_grad_(need_u) if u is not None else None)
+        pd = [p.detach().requires_grad_(need) for p, need in zip(params, need_params)]
+        with swap_parameters(layer.basis, dict(zip(ctx.param_names, pd))):
+            functions = layer.basis_functions(xd, ud, mask)
+        g = grad_stacked.unflatten(1, (layer.groups, len(functions), -1))
+        outs, grad_outs = [], []
+        for f, fn in enumerate(functions):
+            if fn.requires_grad:  # constants (P_0 = 1) carry no gradient
+                outs.append(fn)
+                grad_outs.append(g.select(2, f).reshape(fn.shape))
+        wrt = [t for t in [xd] + ([] if ctx.x_is_u else [ud]) + pd if t is not None and t.requires_grad]
+        found = iter(torch.autograd.grad(outs, wrt, grad_outs, allow_unused=True) if outs else [None] * len(wrt))
+    result = []
+    for t in [xd, None if ctx.x_is_u else ud] + pd:
+        result.append(next(found) if t is not None and t.requires_grad else None)
+    return result
+
+
+def set_memory_efficient(model: nn.Module, enabled: bool = True) -> int:
+    """Switch memory-efficient mode on (or off) for every KAN layer in ``model``; returns how many.
+
+    In that mode a layer recomputes its basis in backward instead of storing it, so it keeps about
+    the activations of a plain conv + norm + activation, for roughly one more pass of elementwise work.
+    """
+    from .conv import KANConvNd
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, KANConvNd):
+            module.memory_efficient = bool(enabled)
+            count += 1
+    return count

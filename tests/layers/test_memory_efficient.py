@@ -1,0 +1,141 @@
+"""Memory-efficient mode and the fused expand+conv node: same numbers, less kept for backward, no growth."""
+import copy
+import gc
+from typing import Dict, Tuple
+
+import pytest
+import torch
+from torch import nn
+
+from kan_zoo.layers import BASES, BottleneckKANConv2d, KANConv2d, KANConvNd, KANLinear, set_memory_efficient
+
+BOTTLENECK_BASES = [b for b, cls in BASES.items() if cls.separable and not cls.normalizes_input]
+
+
+def _saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the unique non-parameter tensors autograd keeps for backward during one forward."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    seen: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(seen.values())
+
+
+def _run(layer: nn.Module, x: torch.Tensor, seed: int = 0) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Output, and gradients of the input and every parameter, for a fixed upstream gradient."""
+    x = x.detach().requires_grad_(True)
+    torch.manual_seed(seed)  # same dropout masks in every mode
+    y = layer(x)
+    grad = torch.linspace(-1, 1, y.numel()).reshape(y.shape)
+    y.backward(grad)
+    grads = {name: p.grad for name, p in layer.named_parameters() if p.grad is not None}
+    grads["input"] = x.grad
+    return y.detach(), grads
+
+
+def _autograd_reference(layer: KANConvNd) -> KANConvNd:
+    """A copy that takes the plain autograd path: the fused node needs a numeric padding."""
+    ref = copy.deepcopy(layer)
+    for m in ref.modules():
+        if isinstance(m, KANConvNd):
+            m.numeric_padding = None
+            m.memory_efficient = False
+    return ref
+
+
+def _assert_same(a, b) -> None:
+    (ya, ga), (yb, gb) = a, b
+    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-6)
+    assert ga.keys() == gb.keys()
+    for name in ga:
+        torch.testing.assert_close(ga[name], gb[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _layers():
+    for basis in BASES:
+        yield basis, KANConv2d(8, 8, 3, padding=1, groups=2, basis=basis, dropout=0.2)
+    for basis in BOTTLENECK_BASES:
+        yield f"bottleneck-{basis}", BottleneckKANConv2d(8, 8, 3, padding=1, groups=2, basis=basis, dim_reduction=2)
+
+
+@pytest.mark.parametrize("name,layer", list(_layers()), ids=[n for n, _ in _layers()])
+def test_memory_efficient_and_fused_match_plain_autograd(name, layer):
+    x = torch.randn(2, 8, 7, 7)
+    default = _run(layer.train(), x)
+    efficient = copy.deepcopy(layer)
+    assert set_memory_efficient(efficient) == 1 and efficient.memory_efficient
+    _assert_same(_run(efficient, x), default)
+    _assert_same(_run(_autograd_reference(layer), x), default)
+
+
+def test_kan_linear_and_strided_memory_efficient():
+    assert KANLinear(6, 3, memory_efficient=True).memory_efficient
+    head = KANLinear(6, 3, basis="chebyshev", norm_layer="batch")
+    lean = copy.deepcopy(head)
+    lean.memory_efficient = True
+    x = torch.randn(5, 6)
+    _assert_same(_run(lean, x), _run(head, x))
+    conv = KANConv2d(4, 6, 3, stride=2, padding=2, dilation=2, basis="legendre", memory_efficient=True)
+    x = torch.randn(2, 4, 9, 9)
+    _assert_same(_run(conv, x), _run(_autograd_reference(conv), x))
+
+
+@pytest.mark.parametrize("basis", list(BASES))
+def test_memory_efficient_keeps_at_most_1_5x_a_plain_conv(basis):
+    x = torch.randn(2, 16, 12, 12, requires_grad=True)
+    plain = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.SiLU())
+    layer = KANConv2d(16, 16, 3, padding=1, groups=2, basis=basis, memory_efficient=True)
+    assert _saved_bytes(layer, x) <= 1.5 * _saved_bytes(plain, x)
+    # ... and the default mode keeps more: the (basis size + 1) x stacked basis.
+    layer.memory_efficient = False
+    assert _saved_bytes(layer, x) > 1.5 * _saved_bytes(plain, x)
+
+
+def test_memory_efficient_bottleneck_bound_at_its_usual_reduction():
+    x = torch.randn(2, 64, 8, 8, requires_grad=True)
+    plain = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.SiLU())
+    layer = BottleneckKANConv2d(64, 64, 3, padding=1, dim_reduction=8, memory_efficient=True)
+    assert _saved_bytes(layer, x) <= 1.5 * _saved_bytes(plain, x)
+
+
+def test_no_memory_growth_over_training_steps():
+    """No tensor caching across steps: live tensors and saved bytes stay flat over a training loop."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        KANConv2d(3, 8, 3, padding=1, basis="gram"), BottleneckKANConv2d(8, 8, 3, padding=1, basis="legendre"),
+        KANConv2d(8, 8, 3, padding=1, groups=2, basis="wavelet"), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        KANLinear(8, 4, basis="rbf"),
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    def live_tensors() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+    def step(x: torch.Tensor) -> None:
+        loss = model(x).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    counts, saved = {}, []
+    for i in range(30):
+        if i == 15:
+            saved.append(_saved_bytes(model, x))
+            set_memory_efficient(model)
+            saved.append(_saved_bytes(model, x))
+        x = torch.randn(4, 3, 10, 10)  # a fresh batch each step, as in training
+        step(x)
+        if i in (2, 14, 17, 29):  # counting is slow (gc.get_objects), so at a few steps only
+            counts[i] = live_tensors()
+    # Step 0 creates the optimizer state; after that nothing may accumulate, in either mode.
+    # (The saved-tensor hooks of _saved_bytes themselves retain a few views, hence two pairs.)
+    assert counts[2] == counts[14] and counts[17] == counts[29], counts
+    assert saved[1] < saved[0]
