@@ -1,11 +1,11 @@
 """Training of kan_zoo / timm classifiers with accelerate (the engine behind train_imagenet.py)."""
 from .checkpoint import CheckpointError, TrainState, latest_checkpoint, list_checkpoints
-from .config import build_parser, parse_args
+from .config import ConfigError, build_parser, parse_args
 from .data import DataError
 from .modeling import ModelError
 
-__all__ = ["main", "build_parser", "parse_args", "DataError", "ModelError", "CheckpointError", "TrainState",
-           "latest_checkpoint", "list_checkpoints"]
+__all__ = ["main", "build_parser", "parse_args", "ConfigError", "DataError", "ModelError", "CheckpointError",
+           "TrainState", "latest_checkpoint", "list_checkpoints"]
 
 
 def main(argv=None):

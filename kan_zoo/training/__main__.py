@@ -3,12 +3,12 @@ import os
 import sys
 
 from kan_zoo.training.data import DataError
-from kan_zoo.training.run import CheckpointError, ModelError, Preempted, SimulatedKill, main
+from kan_zoo.training.run import CheckpointError, ConfigError, ModelError, Preempted, SimulatedKill, main
 
 if __name__ == "__main__":
     try:
         main()
-    except (DataError, ModelError, CheckpointError) as e:
+    except (ConfigError, DataError, ModelError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     except Preempted as e:

@@ -10,7 +10,11 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-__all__ = ["build_parser", "parse_args"]
+__all__ = ["ConfigError", "build_parser", "parse_args"]
+
+
+class ConfigError(ValueError):
+    """An option that cannot work here (missing tracker package, no Hub token...), found before training."""
 
 
 def _floats(n: int):

@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 import torch
 
 from .checkpoint import CheckpointError, TrainState, list_checkpoints, load_checkpoint, resolve_resume
-from .config import parse_args
+from .config import ConfigError, parse_args
 from .data import (Collate, DataError, ImageClassificationDataset, StreamingImageDataset, build_transforms,
                    load_data)
 from .export import cfg_overrides, export_model
@@ -21,7 +21,7 @@ from .loop import (LoopContext, Preempted, SimulatedKill, StopSignal, checkpoint
 from .modeling import ModelError, create_model
 from .tracking import build_trackers
 
-__all__ = ["main", "SimulatedKill", "Preempted", "DataError", "ModelError", "CheckpointError"]
+__all__ = ["main", "SimulatedKill", "Preempted", "ConfigError", "DataError", "ModelError", "CheckpointError"]
 
 _log = logging.getLogger("train_imagenet")
 
@@ -42,7 +42,7 @@ def _preflight(args: Any) -> None:
         from huggingface_hub import get_token
 
         if not get_token():
-            raise ValueError("--push-to-hub needs a Hugging Face token (huggingface-cli login or HF_TOKEN); "
+            raise ConfigError("--push-to-hub needs a Hugging Face token (huggingface-cli login or HF_TOKEN); "
                              "none found")
     out = Path(args.output)
     if args.resume is None and list_checkpoints(out):

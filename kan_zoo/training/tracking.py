@@ -8,6 +8,8 @@ from typing import Any, Dict, List, Optional, Union
 
 from accelerate.tracking import GeneralTracker, on_main_process
 
+from .config import ConfigError
+
 __all__ = ["CSVTracker", "build_trackers"]
 
 
@@ -64,9 +66,21 @@ class CSVTracker(GeneralTracker):
 
 def build_trackers(spec: str, logging_dir: str, run_name: str) -> List[Any]:
     """'csv,tensorboard' -> log_with list for Accelerator; 'none' -> []."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+
+    available = {str(t) for t in get_available_trackers()}
     out: List[Any] = []
     for name in (s.strip().lower() for s in spec.split(",")):
         if not name or name == "none":
             continue
-        out.append(CSVTracker(run_name, logging_dir) if name == "csv" else name)
+        if name == "csv":
+            out.append(CSVTracker(run_name, logging_dir))
+        elif name not in LOGGER_TYPE_TO_CLASS:
+            choices = ", ".join(["csv", *LOGGER_TYPE_TO_CLASS])
+            raise ConfigError(f"--log-with: unknown tracker {name!r}; choose from {choices}")
+        elif name not in available:
+            # accelerate would drop it silently: say so before the run, not after days without logs
+            raise ConfigError(f"--log-with {name}: the {name} package is not installed (pip install {name})")
+        else:
+            out.append(name)
     return out

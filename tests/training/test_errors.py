@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kan_zoo.training import CheckpointError, DataError, ModelError
+from kan_zoo.training import CheckpointError, ConfigError, DataError, ModelError
 from kan_zoo.training.run import main
 
 
@@ -30,6 +30,7 @@ def _run(folder, out, *extra):
     # checked against the published config, before any download
     (["--pretrained"], ModelError,
      r"pretrained head of 'test_resnet' has 1000 classes but the data has 3; pass --reset-head"),
+    (["--log-with", "csv,nonsense"], ConfigError, r"--log-with: unknown tracker 'nonsense'"),
     (["--model", "kan_test_vgg_gram", "--pretrained"], ModelError,
      r"'kan_test_vgg_gram' has no published pretrained weights"),
 ])

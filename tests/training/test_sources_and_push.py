@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from kan_zoo.training import ConfigError
 from kan_zoo.training.run import main
 
 
@@ -55,6 +56,6 @@ def test_push_to_hub_without_token_fails_before_training(tiny_folder, tmp_path, 
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
-    with pytest.raises(ValueError, match="--push-to-hub needs a Hugging Face token"):
+    with pytest.raises(ConfigError, match="--push-to-hub needs a Hugging Face token"):
         _run(tiny_folder, tmp_path / "run", "--push-to-hub", "me/tiny-kan")
     assert not (tmp_path / "run").exists()
