@@ -50,15 +50,22 @@ def _preflight(args: Any) -> None:
                               f"or choose another --output")
 
 
-def _cpu_only_distributed() -> bool:
-    """Several processes but no accelerator device: train on CPU over gloo.
+def _use_cpu(force: bool) -> bool:
+    """--cpu, or several processes but no device that can run them: train on CPU over gloo.
 
     accelerate only picks its multi-CPU mode when asked for the CPU explicitly, and its launcher
     cannot combine --cpu with several processes without MPI; so `accelerate launch --multi_gpu
-    --num_processes 2` (or torchrun) on a machine without GPUs lands here.
+    --num_processes 2` (or torchrun) on a machine without GPUs lands here. (MPS has no
+    multi-process backend, so it counts as no device.)
     """
+    if force:
+        return True
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    has_device = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    if hasattr(torch, "accelerator"):
+        device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+        has_device = device is not None and device.type != "mps"
+    else:
+        has_device = torch.cuda.is_available()
     return world > 1 and not has_device
 
 
@@ -160,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     out = Path(args.output)
     trackers = build_trackers(args.log_with, str(out / "logs"), "train")
     acc = Accelerator(
-        cpu=_cpu_only_distributed(),
+        cpu=_use_cpu(args.cpu),
         mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.grad_accum, log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
