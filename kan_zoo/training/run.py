@@ -19,7 +19,7 @@ from .export import cfg_overrides, export_model
 from .loop import (LoopContext, Preempted, SimulatedKill, StopSignal, checkpoint, evaluate, lr_warning,
                    sync_bad_count, train_one_epoch, updates_per_epoch)
 from .modeling import ModelError, create_model
-from .tracking import build_trackers
+from .tracking import CSVTracker, build_trackers
 
 __all__ = ["main", "SimulatedKill", "Preempted", "ConfigError", "DataError", "ModelError", "CheckpointError"]
 
@@ -228,6 +228,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         (out / "args.json").write_text(json.dumps(vars(args), indent=1, default=str))
     acc.init_trackers("train", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                                        for k, v in vars(args).items()})
+    if resume_from is not None:
+        for tracker in trackers:
+            if isinstance(tracker, CSVTracker):
+                tracker.drop_after(state.global_step)
     warn = lr_warning(total_updates, args.warmup_steps)
     if warn:
         _print(acc, f"warning: {warn}")
@@ -237,7 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                 f"{batches} batches x {acc.num_processes} process(es) per epoch, {upe} updates per epoch, "
                 f"{total_updates} in all")
 
-    # SIGTERM / SIGUSR1 (preemption, scancel, Ctrl-\\ of a job) -> checkpoint at the next update, exit.
+    # SIGTERM / SIGUSR1 (preemption notices, scancel, kill) -> checkpoint at the next update, then exit.
     ctx = LoopContext(acc, model, optimizer, scheduler, criterion, mixup, ema, args, state, batches,
                       stop=StopSignal().install())
     try:

@@ -43,18 +43,29 @@ class CSVTracker(GeneralTracker):
             json.dump(values, f, indent=1, default=str)
 
     @on_main_process
+    def drop_after(self, step: int) -> None:
+        """A resumed run replays the updates after its checkpoint: forget what they logged before."""
+        keep = [r for r in self.rows if r.get("step") in (None, "") or int(float(r["step"])) <= step]
+        if len(keep) != len(self.rows):
+            self.rows = keep
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields)
+            w.writeheader()
+            w.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+    @on_main_process
     def log(self, values: Dict[str, Any], step: Optional[int] = None, **kwargs: Any) -> None:
         row = {"step": step, **{k: (v.item() if hasattr(v, "item") else v) for k, v in values.items()}}
         new = [k for k in row if k not in self.fields]
         self.rows.append(row)
         if new:  # rewrite with the wider header (rare: only when a metric first appears)
             self.fields += new
-            tmp = self.path + ".tmp"
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=self.fields)
-                w.writeheader()
-                w.writerows(self.rows)
-            os.replace(tmp, self.path)
+            self._rewrite()
         else:
             with open(self.path, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=self.fields).writerow(row)

@@ -1,6 +1,7 @@
 """A run stopped mid-epoch (like a kill) and resumed ends with exactly the uninterrupted weights."""
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -65,5 +66,10 @@ def test_killed_and_resumed_run_matches_uninterrupted(tiny_folder, tmp_path, mod
     for k in ea:
         torch.testing.assert_close(ea[k], eb[k], rtol=0, atol=1e-6, msg=k)
     assert resumed["metrics"]["val/top1"] == pytest.approx(full["metrics"]["val/top1"])
+    # The resumed run's log holds each update once, like the uninterrupted one's.
+    def steps(run):
+        rows = list(csv.DictReader(open(tmp_path / run / "logs" / "train" / "metrics.csv")))
+        return [(r["step"], bool(r.get("train/loss")), bool(r.get("val/top1"))) for r in rows]
+    assert steps("killed") == steps("full")
     # The unreadable image is counted once per epoch in both runs.
     assert resumed["metrics"]["train/unreadable_images"] == full["metrics"]["train/unreadable_images"] == 2
