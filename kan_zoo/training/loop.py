@@ -52,10 +52,10 @@ class StopSignal:
 
     def anywhere(self, accelerator: Any) -> bool:
         """Collective: True on every process as soon as any one of them got a signal."""
+        if accelerator.num_processes == 1:
+            return self.received is not None
         flag = torch.tensor(1.0 if self.received is not None else 0.0, device=accelerator.device)
-        if accelerator.num_processes > 1:
-            flag = accelerator.reduce(flag, reduction="sum")
-        return bool(flag.item() > 0)
+        return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
 @dataclass
@@ -71,8 +71,9 @@ class LoopContext:
     state: TrainState
     batches_per_epoch: int
     stop: StopSignal = field(default_factory=StopSignal)
-    local_bad: int = 0  # unreadable images seen by this process since the last reduce
-    window: Dict[str, float] = field(default_factory=lambda: {"loss": 0.0, "n": 0})
+    # Running sums stay on the device: reading them every batch would stall a GPU pipeline.
+    local_bad: Any = 0  # unreadable images seen by this process since the last reduce
+    window: Dict[str, Any] = field(default_factory=lambda: {"loss": 0.0, "n": 0})
 
 
 def _seed_batch(seed: int, epoch: int, batch: int, rank: int) -> None:
@@ -87,7 +88,7 @@ def _seed_batch(seed: int, epoch: int, batch: int, rank: int) -> None:
 def sync_bad_count(ctx: LoopContext) -> None:
     """Collective: folds every process's unreadable-image count into the run state."""
     acc = ctx.accelerator
-    total = acc.reduce(torch.tensor(ctx.local_bad, device=acc.device), reduction="sum")
+    total = acc.reduce(torch.as_tensor(ctx.local_bad, device=acc.device).reshape(()).long(), reduction="sum")
     ctx.state.skipped_images += int(total.item())
     ctx.local_bad = 0
 
@@ -104,7 +105,7 @@ def train_one_epoch(ctx: LoopContext, loader: Iterable, progress: Any) -> None:
     for batch in loader:
         _seed_batch(args.seed, state.epoch, state.batch_in_epoch, acc.process_index)
         x, y = batch["image"], batch["label"]
-        ctx.local_bad += int(batch["n_bad"])
+        ctx.local_bad = ctx.local_bad + batch["n_bad"]
         with acc.accumulate(model):
             target = y
             if ctx.mixup is not None:
@@ -112,15 +113,15 @@ def train_one_epoch(ctx: LoopContext, loader: Iterable, progress: Any) -> None:
             with acc.autocast():
                 out = model(x)
             loss = ctx.criterion(out.float(), target)
-            if not bool(batch["valid"].any()):
-                loss = loss * 0.0  # placeholder batch: every image unreadable
+            # a placeholder batch (every image unreadable) still runs, with zero weight
+            loss = loss * batch["valid"].any().to(loss.dtype)
             acc.backward(loss)
             if acc.sync_gradients and args.clip_grad > 0:
                 acc.clip_grad_norm_(model.parameters(), args.clip_grad)
             ctx.optimizer.step()
             ctx.optimizer.zero_grad(set_to_none=True)
         state.batch_in_epoch += 1
-        ctx.window["loss"] += float(loss.detach())
+        ctx.window["loss"] = ctx.window["loss"] + loss.detach()
         ctx.window["n"] += 1
         if progress is not None:
             progress.update(1)
@@ -148,7 +149,7 @@ def train_one_epoch(ctx: LoopContext, loader: Iterable, progress: Any) -> None:
 def _log_train(ctx: LoopContext, progress: Any) -> None:
     n = max(ctx.window["n"], 1)
     lr = ctx.optimizer.param_groups[0]["lr"]
-    metrics = {"train/loss": ctx.window["loss"] / n, "train/lr": lr, "train/epoch": ctx.state.epoch}
+    metrics = {"train/loss": float(ctx.window["loss"]) / n, "train/lr": lr, "train/epoch": ctx.state.epoch}
     ctx.window.update(loss=0.0, n=0)
     ctx.accelerator.log(metrics, step=ctx.state.global_step)
     if progress is not None:
@@ -165,10 +166,10 @@ def evaluate(accelerator: Any, model: torch.nn.Module, loader: Iterable, streami
     """
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # top1, top5, loss, count
-    bad = 0
+    bad: Any = 0
     for batch in loader:
         x, y = batch["image"], batch["label"]
-        bad += int(batch["n_bad"])
+        bad = bad + batch["n_bad"]
         with accelerator.autocast():
             out = model(x)
         out = out.float()
@@ -184,7 +185,8 @@ def evaluate(accelerator: Any, model: torch.nn.Module, loader: Iterable, streami
         sums = accelerator.reduce(sums, reduction="sum")
     # Unreadable counts: gather_for_metrics may have seen a repeated bad sample twice; close enough
     # for a diagnostic, and exact whenever the split divides evenly.
-    bad_total = int(accelerator.reduce(torch.tensor(bad, device=accelerator.device), reduction="sum").item())
+    bad_total = int(accelerator.reduce(torch.as_tensor(bad, device=accelerator.device).reshape(()).long(),
+                                       reduction="sum").item())
     n = max(float(sums[3]), 1.0)
     return {"top1": 100.0 * float(sums[0]) / n, "top5": 100.0 * float(sums[1]) / n,
             "loss": float(sums[2]) / n, "count": int(sums[3]), "unreadable": bad_total}
