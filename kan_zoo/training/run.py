@@ -217,8 +217,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if resume_from is not None:
         state = load_checkpoint(acc, resume_from, model, ema, args.model)
         _adapt_position(acc, state, args, batches)
-        _print(acc, f"resumed from {resume_from}: epoch {state.epoch + 1}, batch {state.batch_in_epoch}, "
-                    f"update {state.global_step}")
+        where = (f"the run had finished its {state.epoch} epochs" if state.epoch >= args.epochs else
+                 f"epoch {state.epoch + 1}, batch {state.batch_in_epoch}")
+        _print(acc, f"resumed from {resume_from}: {where}, update {state.global_step}")
     elif args.resume:
         _print(acc, f"--resume latest: no checkpoint in {out / 'checkpoints'} yet, starting from scratch")
     scheduler.step_update(num_updates=state.global_step)
