@@ -59,3 +59,26 @@ def test_push_to_hub_without_token_fails_before_training(tiny_folder, tmp_path, 
     with pytest.raises(ConfigError, match="--push-to-hub needs a Hugging Face token"):
         _run(tiny_folder, tmp_path / "run", "--push-to-hub", "me/tiny-kan")
     assert not (tmp_path / "run").exists()
+
+
+def test_export_fallback_without_kan_zoo_hub(tmp_path, monkeypatch):
+    """Without kan_zoo.hub the export writes the same loadable layout through timm."""
+    import sys
+
+    import timm
+    import torch
+
+    from kan_zoo.training.export import export_model
+
+    monkeypatch.setitem(sys.modules, "kan_zoo.hub", None)  # import fails
+    model = timm.create_model("test_resnet", num_classes=3, in_chans=1).eval()
+    cfg = dict(input_size=(1, 16, 16), mean=(0.5,), std=(0.25,), crop_pct=1.0, interpolation="bilinear")
+    folder = export_model(model, tmp_path / "export", metrics={"top-1": 50.0}, data_config=cfg,
+                          label_names=["a", "b", "c"])
+    assert {"model.safetensors", "config.json", "README.md"} <= {p.name for p in folder.iterdir()}
+    monkeypatch.delitem(sys.modules, "kan_zoo.hub")
+    reloaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    assert reloaded.pretrained_cfg["input_size"] == (1, 16, 16) and tuple(reloaded.pretrained_cfg["std"]) == (0.25,)
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(reloaded(x), model(x))
+    assert "top-1" in (folder / "README.md").read_text()
