@@ -252,21 +252,24 @@ def plot_layer(
     edges = edge_functions(layer, x_range=x_range)
     nl = edge_scores(edges)["nonlinearity"]
     rows = list(outputs) if outputs is not None else nl.sum(1).argsort(descending=True)[:max_outputs].tolist()
-    ncols = min(max_inputs, edges.basis.shape[1])
+    per_row = min(max_inputs, edges.basis.shape[1])
+    panels = [(o, j) for o in rows for j in nl[o].argsort(descending=True)[:per_row].tolist()]
+    # One row per output; a layer with one input per group would be a single column: wrap it instead.
+    ncols = per_row if per_row > 1 else min(4, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
     plt = _pyplot()
-    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.2 * ncols, 1.8 * len(rows)), squeeze=False,
-                             sharex=True)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 1.8 * nrows + 0.4), squeeze=False, sharex=True)
     x = edges.x.cpu().numpy()
     overlay_base = edges.base is not None and not edges.inner
-    for r, o in enumerate(rows):
-        for c, j in enumerate(nl[o].argsort(descending=True)[:ncols].tolist()):
-            ax = axes[r][c]
-            ax.plot(x, edges.basis[o, j].cpu().numpy(), color="C0", lw=1.5)
-            if overlay_base:
-                ax.plot(x, edges.base[o, j].cpu().numpy(), color="C1", lw=1.0, ls="--")
-            ax.axhline(0, color="0.8", lw=0.5)
-            ax.set_title(f"in {int(edges.inputs[o, j])} -> out {o}  NL {float(nl[o, j]):.2g}", fontsize=7)
-            ax.tick_params(labelsize=6)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (o, j) in zip(axes.flat, panels):
+        ax.plot(x, edges.basis[o, j].cpu().numpy(), color="C0", lw=1.5)
+        if overlay_base:
+            ax.plot(x, edges.base[o, j].cpu().numpy(), color="C1", lw=1.0, ls="--")
+        ax.axhline(0, color="0.8", lw=0.5)
+        ax.set_title(f"in {int(edges.inputs[o, j])} -> out {o}  NL {float(nl[o, j]):.2g}", fontsize=7)
+        ax.tick_params(labelsize=6, labelbottom=True)
     kind = "inner channels of the bottleneck (base branch not shown)" if edges.inner else (
         "solid: basis part, dashed: base branch" if overlay_base else "basis part (no base branch)")
     fig.suptitle(f"{title or type(layer).__name__} [{layer.basis.name}]: phi(x), kernel taps summed; {kind}",
@@ -286,14 +289,18 @@ def plot_scores(model: nn.Module, out: Union[str, Path], *, max_layers: int = 8)
     if not layers:
         raise ValueError("the model has no KAN layers")
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, len(layers), figsize=(3.0 * len(layers), 3.2), squeeze=False)
     for ax, (name, layer) in zip(axes[0], layers):
         edges = edge_functions(layer)
         img = ax.imshow(edge_scores(edges)["nonlinearity"].cpu().numpy(), aspect="auto", cmap="viridis")
         ax.set_title(name + (" (inner)" if edges.inner else ""), fontsize=8)
         ax.set_xlabel("input (within group)", fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("output", fontsize=7)
         ax.tick_params(labelsize=6)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         fig.colorbar(img, ax=ax, fraction=0.046)
     fig.suptitle("nonlinearity per edge (RMS of phi after removing its best straight line)", fontsize=9)
     fig.tight_layout()
@@ -359,7 +366,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             p.error(f"no KAN layer {args.layer!r}; KAN layers: {', '.join(layers)}")
         out = Path(args.out or f"{args.layer.replace('.', '_')}.png")
         plot_layer(layers[args.layer], out, outputs=args.outputs, x_range=args.x_range,
-                   title=f"{args.model}: {args.layer}")
+                   title=f"{getattr(model, 'pretrained_cfg', {}).get('architecture') or args.model}: {args.layer}")
         print(f"wrote {out}")
     elif args.out:
         p.error("--out needs --layer NAME")
