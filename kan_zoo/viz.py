@@ -135,8 +135,10 @@ def edge_functions(
     funcs = torch.stack([f.reshape(num_points, channels) for f in layer.basis.expand(layer.basis.prepare(u))])
     inputs = _group_inputs(out_channels, groups, per_group)
     first = int(layer.base_folded)
-    per_input = funcs.permute(2, 0, 1)[inputs]  # (O, c, K, P)
-    basis = torch.einsum("ock,ockp->ocp", coeffs[:, first:].transpose(1, 2), per_input)
+    # Group by group (never an (O, c, K, P) tensor: that is gigabytes on wide layers).
+    w_groups = coeffs[:, first:].unflatten(0, (groups, -1))  # (G, o, K, c)
+    f_groups = funcs.unflatten(2, (groups, per_group))  # (K, P, G, c)
+    basis = torch.cat([torch.einsum("okc,kpc->ocp", w_groups[g], f_groups[:, :, g]) for g in range(groups)])
 
     base = base_inputs = None
     if layer.has_base:
@@ -159,9 +161,8 @@ def _wavelet_edges(layer: KANConvNd, x: torch.Tensor) -> EdgeFunctions:
     psi = WAVELETS[b.wavelet_type]((x - b.translation[..., None]) / b.scale[..., None])  # (O, c, P)
     wave = b.wavelet_weight.flatten(2).sum(-1)[..., None] * psi  # depthwise taps summed
     mix = b.mix_weight.flatten(1)  # (O, o): output p mixes the o wavelet outputs of its group
-    grouped = wave.reshape(b.groups, o_per_group, per_group, -1)
-    group_of = torch.arange(out_channels) // o_per_group
-    basis = torch.einsum("pq,pqjx->pjx", mix, grouped[group_of])
+    blocks = zip(mix.split(o_per_group), wave.split(o_per_group))  # one (o, o) mix and (o, c, P) block per group
+    basis = torch.cat([torch.einsum("pq,qjx->pjx", m, w) for m, w in blocks])
     inputs = _group_inputs(out_channels, b.groups, per_group)
     base = None
     if layer.has_base:
@@ -311,9 +312,10 @@ def plot_scores(model: nn.Module, out: Union[str, Path], *, max_layers: int = 8)
     return out
 
 
-def load_model(spec: str, *, arch: Optional[str] = None) -> nn.Module:
+def load_model(spec: str, *, arch: Optional[str] = None, in_chans: Optional[int] = None) -> nn.Module:
     """A model from a timm name (random weights), ``hf-hub:``/``local-dir:`` name or exported folder
-    (pretrained), or a .safetensors/.pth/.pt state dict file together with ``arch``."""
+    (pretrained), or a .safetensors/.pth/.pt state dict file (e.g. a training checkpoint's
+    model.safetensors) together with ``arch`` (and ``in_chans`` if not 3; classes are read from it)."""
     import timm
 
     from . import models  # noqa: F401  registers the kan_* architectures
@@ -331,7 +333,8 @@ def load_model(spec: str, *, arch: Optional[str] = None) -> nn.Module:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-        model = timm.create_model(arch, pretrained=False, num_classes=_num_classes(state))
+        extra = {"in_chans": in_chans} if in_chans is not None else {}
+        model = timm.create_model(arch, pretrained=False, num_classes=_num_classes(state), **extra)
         model.load_state_dict(state)
         return model.eval()
     if spec.startswith(("hf-hub:", "local-dir:")):
@@ -349,6 +352,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kan_zoo.viz", description=__doc__.splitlines()[0])
     p.add_argument("model", help="timm model name, hf-hub:/local-dir: name, exported folder, or weights file")
     p.add_argument("--arch", help="architecture of a weights file (e.g. kan_test_vgg_gram)")
+    p.add_argument("--in-chans", type=int, help="input channels of a weights file's model (default 3)")
     p.add_argument("--layer", help="KAN layer to plot (names: run without --layer)")
     p.add_argument("--out", help="PNG for --layer's edge functions")
     p.add_argument("--scores", help="PNG of per-edge nonlinearity heatmaps for the model's first KAN layers")
@@ -356,7 +360,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--x-range", type=float, nargs=2, metavar=("LO", "HI"))
     args = p.parse_args(argv)
 
-    model = load_model(args.model, arch=args.arch)
+    try:
+        model = load_model(args.model, arch=args.arch, in_chans=args.in_chans)
+    except ValueError as e:  # a weights file without --arch: say so without a traceback
+        p.error(str(e))
     layers = kan_layers(model)
     if not layers:
         p.error(f"{args.model} has no KAN layers")

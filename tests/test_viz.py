@@ -134,3 +134,19 @@ def test_cli_on_an_exported_folder(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(folder), "--layer", "no.such.layer", "--out", str(tmp_path / "x.png")])
     assert "KAN layers: " + names[0] in capsys.readouterr().err
+
+
+def test_cli_on_a_weights_file(tmp_path, capsys):
+    import safetensors.torch
+    import timm
+
+    import kan_zoo  # noqa: F401
+
+    model = timm.create_model("kan_test_resnet_relu", num_classes=3, in_chans=1)
+    safetensors.torch.save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
+    weights = str(tmp_path / "model.safetensors")
+    assert main([weights, "--arch", "kan_test_resnet_relu", "--in-chans", "1"]) == 0
+    assert "layer4.0.conv2" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([weights])
+    assert "--arch" in capsys.readouterr().err
