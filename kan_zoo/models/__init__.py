@@ -1,3 +1,4 @@
 """kan_* model families; importing a family module registers its models in timm."""
 from . import kan_vgg
 from . import kan_resnet, kan_densenet
+from . import kan_unet, kan_u2net

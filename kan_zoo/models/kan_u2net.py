@@ -1,0 +1,295 @@
+"""KAN U2-Net: U2-Net (Qin et al. 2020) whose 3x3 convolutions are Kolmogorov-Arnold convolutions.
+
+Registered as ``kan_u2net_<basis>`` and ``kan_u2net_small_<basis>`` for every basis in
+``kan_zoo.layers.BASES``, plus ``kan_u2net_tiny_<basis>`` (the same topology, 2/8 channels) for tests.
+
+Layout (the paper's): six encoder stages and five decoder stages, each a ReSidual U-block (RSU)::
+
+    RSU-L(x) = x_in + U(x_in),  x_in = KAN 3x3 (C_in -> C_out)
+    U: a small U-Net over x_in of height L: KAN 3x3 levels with 2x2 max pools between them (the last
+       level dilated by 2 instead of pooled), decoded with bilinear x2 upsampling and concatenation.
+    RSU-4F: no pooling, dilations 1, 2, 4, 8 then 4, 2, 1 (for the low-resolution stages).
+
+    encoder  RSU-7, RSU-6, RSU-5, RSU-4, RSU-4F, RSU-4F  (a 2x2 max pool between stages)
+    decoder  RSU-4F, RSU-4, RSU-5, RSU-6, RSU-7          (bilinear x2, concat with the encoder stage)
+    heads    a plain 3x3 conv to num_classes on each decoder stage and the last encoder stage (six
+             side maps, upsampled to the input size) and a 1x1 conv fusing the six (``head``)
+
+Every KAN conv ends in its own BatchNorm and output activation. Widths (mid / out channels of the
+RSU blocks) are half the paper's, for the reason the classification families halve theirs (a KAN
+conv with K basis functions has about (K + 1)x the parameters of a plain conv); a quarter for the
+wavelet basis. ``small`` is the paper's U2-Net-dagger (mid 16, out 64 everywhere) at half width.
+
+Outputs:
+  * eval mode: ``model(x)`` is the fused logits map, (N, num_classes, H, W);
+  * train mode: ``model(x)`` is the tuple (fused, side_1, ..., side_6) of such maps, side_1 the finest,
+    for deep supervision: ``kan_zoo.segmentation.deep_supervision_loss(outputs, target)`` sums the
+    loss over all seven as the paper does. ``model.forward_all(x)`` returns the tuple in either mode.
+  * ``num_classes=0``: no heads; ``model(x)`` is the finest decoder stage's features (N, C, H, W).
+
+Inputs: any H x W; the input is zero-padded at the bottom/right to a multiple of 32 (the total
+stride, reached inside the first RSU-7 as well as across the stages) and the outputs cropped back.
+In train mode a batch of one needs an input larger than 32 x 32 (BatchNorm at the deepest level).
+
+Where timm's classification contract does not apply: the outputs are logits maps (a tuple in train
+mode); there is no ``forward_features`` / ``forward_head`` split, no global pool, no ``features_only``
+and no ``forward_intermediates``; ``get_classifier()`` returns the side convs plus the fusion conv;
+the pretrained cfgs carry no ``classifier``, no ``pool_size`` and no weights.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from timm.layers import get_device_dtype
+from timm.models import build_model_with_cfg, generate_default_cfgs
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..layers import BASES, KANConv2d
+from ..layers.helpers import NormSpec
+from ..segmentation import check_segmentation_input, crop_to, pad_to_multiple
+from ._registry import PAPER_IDS, kan_cfg, model_name, register_entry_points
+
+__all__ = ["KANU2Net", "KANRSU", "KANU2NetHead", "U2NET_WIDTHS"]
+
+# Stage structure of U2-Net: (height L, dilated "F" variant) for the six encoder and five decoder stages.
+ENCODER_STAGES: Tuple[Tuple[int, bool], ...] = ((7, False), (6, False), (5, False), (4, False), (4, True), (4, True))
+DECODER_STAGES: Tuple[Tuple[int, bool], ...] = ((4, True), (4, False), (5, False), (6, False), (7, False))
+TOTAL_STRIDE = 32  # 5 pools across the stages, and 5 inside the first RSU-7
+
+
+def _upsample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class KANRSU(nn.Module):
+    """ReSidual U-block of height L: ``x_in + U(x_in)`` with ``x_in`` a KAN 3x3 of the input.
+
+    ``dilated=False`` (RSU-L): levels 1..L-1 at strides 1..2**(L-2) (max pools between), level L
+    dilated by 2 at the last stride. ``dilated=True`` (RSU-LF): no pools, dilations 1, 2, 4, ...
+    """
+
+    def __init__(
+        self, height: int, in_chs: int, mid_chs: int, out_chs: int, kan_args: Dict[str, Any], dilated: bool = False
+    ) -> None:
+        super().__init__()
+        if height < 2:
+            raise ValueError(f"an RSU block needs height >= 2, got {height}")
+
+        def conv(cin: int, cout: int, dilation: int = 1) -> KANConv2d:
+            return KANConv2d(cin, cout, 3, padding=dilation, dilation=dilation, **kan_args)
+
+        if dilated:
+            enc_dilations = [2**i for i in range(height)]
+            dec_dilations = enc_dilations[-2::-1]
+        else:
+            enc_dilations = [1] * (height - 1) + [2]
+            dec_dilations = [1] * (height - 1)
+        self.conv_in = conv(in_chs, out_chs)
+        self.encoder = nn.ModuleList(conv(out_chs if i == 0 else mid_chs, mid_chs, d) for i, d in enumerate(enc_dilations))
+        self.decoder = nn.ModuleList(
+            conv(2 * mid_chs, out_chs if i == height - 2 else mid_chs, d) for i, d in enumerate(dec_dilations)
+        )
+        # Pools sit before encoder levels 1..L-2 (the dilated top level keeps the last stride).
+        self.pooled = not dilated
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_in = self.conv_in(x)
+        levels: List[torch.Tensor] = []
+        h = x_in
+        last = len(self.encoder) - 1
+        for i, conv in enumerate(self.encoder):
+            if self.pooled and 0 < i < last:
+                h = self.pool(h)
+            h = conv(h)
+            levels.append(h)
+        for i, conv in enumerate(self.decoder):
+            skip = levels[-2 - i]
+            if self.pooled and i > 0:  # the first decoder level shares the top level's stride
+                h = _upsample(h, skip)
+            h = conv(torch.cat([h, skip], dim=1))
+        return h + x_in
+
+
+class KANU2NetHead(nn.Module):
+    """Six plain 3x3 side convs to ``num_classes`` and the 1x1 conv that fuses their upsampled maps."""
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int, **dd: Any) -> None:
+        super().__init__()
+        self.sides = nn.ModuleList(nn.Conv2d(c, num_classes, 3, padding=1, **dd) for c in in_channels)
+        self.fuse = nn.Conv2d(len(in_channels) * num_classes, num_classes, 1, **dd)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+        """Features finest first -> (fused, side_1, ..., side_n), all at the first feature's size."""
+        sides = [side(f) for side, f in zip(self.sides, features)]
+        sides = [sides[0]] + [_upsample(s, sides[0]) for s in sides[1:]]
+        return (self.fuse(torch.cat(sides, dim=1)), *sides)
+
+
+class KANU2Net(nn.Module):
+    """U2-Net of KAN convolutions (see the module docstring for layout, outputs and padding).
+
+    Args:
+        num_classes: output channels of every logits map; 0 for the finest decoder features.
+        in_chans: image channels.
+        mid_channels, out_channels: RSU widths of the 6 encoder then 5 decoder stages.
+        basis, degree, norm_layer, basis_options: the KAN convs' basis, degree, norm and options.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1,
+        in_chans: int = 3,
+        mid_channels: Sequence[int] = (16, 16, 32, 64, 128, 128, 128, 64, 32, 16, 8),
+        out_channels: Sequence[int] = (32, 64, 128, 256, 256, 256, 256, 128, 64, 32, 32),
+        basis: str = "gram",
+        degree: int = 3,
+        norm_layer: NormSpec = "batch",
+        basis_options: Optional[Dict[str, Any]] = None,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        num_stages = len(ENCODER_STAGES) + len(DECODER_STAGES)
+        if len(mid_channels) != num_stages or len(out_channels) != num_stages:
+            raise ValueError(f"mid_channels and out_channels need {num_stages} widths (6 encoder, 5 decoder "
+                             f"stages), got {len(mid_channels)} and {len(out_channels)}")
+        if not isinstance(in_chans, int) or in_chans < 1:
+            raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        dd = {"device": device, "dtype": dtype}
+        self.num_classes, self.in_chans = num_classes, in_chans
+        self.grad_checkpointing = False
+        kan_args = dict(basis=basis, degree=degree, norm_layer=norm_layer, **(basis_options or {}), **dd)
+
+        enc_out = out_channels[: len(ENCODER_STAGES)]
+        self.encoder = nn.ModuleList()
+        chs = in_chans
+        for (height, dilated), mid, out in zip(ENCODER_STAGES, mid_channels, enc_out):
+            self.encoder.append(KANRSU(height, chs, mid, out, kan_args, dilated))
+            chs = out
+        self.decoder = nn.ModuleList()
+        dec = zip(DECODER_STAGES, mid_channels[len(ENCODER_STAGES):], out_channels[len(ENCODER_STAGES):])
+        for i, ((height, dilated), mid, out) in enumerate(dec):
+            skip = enc_out[-2 - i]  # decoder stage i meets encoder stage 5 - i
+            self.decoder.append(KANRSU(height, chs + skip, mid, out, kan_args, dilated))
+            chs = out
+        self.pool = nn.MaxPool2d(2)
+        # Side maps come from the decoder stages (finest first) and the deepest encoder stage.
+        self.side_channels = [*out_channels[len(ENCODER_STAGES):][::-1], enc_out[-1]]
+        self.num_features = self.head_hidden_size = self.side_channels[0]
+        self.head = self._make_head(num_classes, **dd)
+        self._has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
+
+    def _make_head(self, num_classes: int, **dd: Any) -> Optional[KANU2NetHead]:
+        return KANU2NetHead(self.side_channels, num_classes, **dd) if num_classes else None
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each RSU stage in backward instead of storing its activations."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head if self.head is not None else nn.Identity()
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New side and fusion convs for ``num_classes`` (0: none); ``global_pool`` must be None or ''."""
+        if global_pool:
+            raise ValueError(f"{type(self).__name__} is a dense predictor and has no global pool, got {global_pool!r}")
+        self.num_classes = num_classes
+        self.head = self._make_head(num_classes, **get_device_dtype(self))
+        if self.head is not None:
+            self.head.train(self.training)
+
+    def _stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(stage, x, use_reentrant=False)
+        return stage(x)
+
+    def _side_features(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Padded input -> the six side-output features, finest first."""
+        skips: List[torch.Tensor] = []
+        for i, stage in enumerate(self.encoder):
+            if i:
+                x = self.pool(x)
+            x = self._stage(stage, x)
+            skips.append(x)
+        features = [x]
+        for i, stage in enumerate(self.decoder):
+            skip = skips[-2 - i]
+            x = self._stage(stage, torch.cat([_upsample(x, skip), skip], dim=1))
+            features.append(x)
+        return features[::-1]
+
+    def forward_all(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """(fused, side_1, ..., side_6) logits maps, each (N, num_classes, H, W), in any mode."""
+        check_segmentation_input(
+            x, self.in_chans, TOTAL_STRIDE, self.training and self._has_batch_norm, type(self).__name__
+        )
+        size = (x.shape[-2], x.shape[-1])
+        features = self._side_features(pad_to_multiple(x, TOTAL_STRIDE))
+        if self.head is None:
+            return (crop_to(features[0], size),)
+        return tuple(crop_to(m, size) for m in self.head(features))
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
+        """Eval: the fused logits map. Train: (fused, side_1, ..., side_6). See the module docstring."""
+        outputs = self.forward_all(x)
+        if self.training and self.head is not None:
+            return outputs
+        return outputs[0]
+
+
+# --- registry -----------------------------------------------------------------------------------
+
+# arch -> (mid, out) widths of the 6 encoder + 5 decoder stages as the paper gives them; the KAN
+# models divide them by width_divisor(basis) (tiny: as given).
+U2NET_WIDTHS: Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...]]] = {
+    "u2net": ((32, 32, 64, 128, 256, 256, 256, 128, 64, 32, 16), (64, 128, 256, 512, 512, 512, 512, 256, 128, 64, 64)),
+    "u2net_small": ((16,) * 11, (64,) * 11),
+    "u2net_tiny": ((2,) * 11, (8,) * 11),
+}
+_TINY_ARCHS = ("u2net_tiny",)
+
+
+def width_divisor(basis: str) -> int:
+    """Paper widths / this: half, a quarter for wavelet (its activations grow with C_out x C_in)."""
+    return 4 if basis == "wavelet" else 2
+
+
+def model_args(arch: str, basis: str) -> Dict[str, Any]:
+    mids, outs = U2NET_WIDTHS[arch]
+    div = 1 if arch in _TINY_ARCHS else width_divisor(basis)
+    return dict(mid_channels=tuple(max(1, m // div) for m in mids), out_channels=tuple(o // div for o in outs),
+                basis=basis)
+
+
+_VARIANTS: Dict[str, Tuple[str, str]] = {model_name(a, b): (a, b) for a in U2NET_WIDTHS for b in BASES}
+
+
+def _cfg(arch: str) -> Dict[str, Any]:
+    # The paper trains on 320 px resized images (random 288 crops). No ``classifier``/``pool_size``:
+    # see the module docstring.
+    size = 64 if arch in _TINY_ARCHS else 320
+    cfg = kan_cfg(
+        num_classes=1, input_size=(3, size, size), crop_pct=1.0, first_conv="encoder.0.conv_in",
+        paper_ids=f"{PAPER_IDS},arXiv:2005.09007", classifier=None,
+    )
+    cfg.pop("pool_size")
+    return cfg
+
+
+default_cfgs = generate_default_cfgs({name: _cfg(arch) for name, (arch, _) in _VARIANTS.items()})
+
+
+def _create_kan_u2net(variant: str, pretrained: bool = False, **kwargs: Any) -> KANU2Net:
+    arch, basis = _VARIANTS[variant]
+    return build_model_with_cfg(KANU2Net, variant, pretrained, **{**model_args(arch, basis), **kwargs})
+
+
+register_entry_points(__name__, _VARIANTS, _create_kan_u2net)

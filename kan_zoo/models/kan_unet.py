@@ -1,0 +1,296 @@
+"""KAN U-Net: a U-Net whose 3x3 convolutions are Kolmogorov-Arnold convolutions.
+
+Registered as ``kan_unet_<basis>`` for every basis in ``kan_zoo.layers.BASES``, plus
+``kan_unet_tiny_<basis>`` (widths 4/8/16, three levels) for fast tests and demos.
+
+Layout (Ronneberger et al. 2015, with bilinear upsampling)::
+
+    encoder  level 0: KAN 3x3 -> KAN 3x3 at full resolution; level i: 2x2 max pool -> KAN 3x3 -> KAN 3x3
+    decoder  per level, deepest first: bilinear x2 -> concat skip -> KAN 3x3 -> KAN 3x3 (skip's width)
+    head     1x1 plain conv to num_classes (``head``)
+
+Every KAN conv ends in its own BatchNorm and output activation. Widths are half the classic U-Net's,
+(32, 64, 128, 256, 512) for five levels (a quarter, 16..256, for the wavelet basis whose activations
+grow with C_out x C_in), for the reason the classification families halve theirs: a KAN conv with K
+basis functions has about (K + 1)x the parameters of a plain conv.
+
+Encoders: ``encoder="kan_resnet18_gram"`` (any timm model that has ``features_only``; a pretrained tag
+such as ``"kan_vgg11_gram.in1k"`` with ``encoder_pretrained=True`` loads its classification weights)
+replaces the built-in encoder. The decoder then has one level per encoder feature map (skip widths =
+the encoder's channels), plus skip-less x2 levels up to full resolution where the encoder's first
+map is strided (ResNet and DenseNet start at stride 2, VGG at stride 1).
+
+Inputs: any H x W. The input is zero-padded at the bottom/right to a multiple of the total stride
+(2**(levels-1) built in, 32 for the classification encoders) and the logits cropped back, so
+``model(x)`` is (N, num_classes, H, W). In train mode with BatchNorm, a batch of one needs an input
+larger than one such tile. A VGG encoder with InstanceNorm (``kan_vgg*``) needs >= 64 px per side.
+
+Where timm's classification contract does not apply: the output is a logits map, not a vector;
+``num_classes=0`` / ``reset_classifier(0)`` return the last decoder features (N, C, H, W);
+``global_pool`` is not accepted; there is no ``features_only`` / ``forward_intermediates``; the
+pretrained cfgs carry no ``classifier`` and no ``pool_size``, and no weights (train your own, or
+start from a pretrained encoder).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import timm
+import torch
+from timm.layers import get_device_dtype
+from timm.models import build_model_with_cfg, generate_default_cfgs
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..layers import BASES, KANConv2d
+from ..layers.helpers import NormSpec
+from ..segmentation import check_segmentation_input, crop_to, pad_to_multiple
+from ._registry import PAPER_IDS, kan_cfg, model_name, register_entry_points
+
+__all__ = ["KANUNet", "KANDoubleConv", "KANUNetDecoderBlock", "UNET_WIDTHS", "encoder_pyramid"]
+
+
+class KANDoubleConv(nn.Sequential):
+    """Two 3x3 KAN convs (each with its own norm and activation): the unit of every U-Net level."""
+
+    def __init__(self, in_chs: int, out_chs: int, kan_args: Dict[str, Any]) -> None:
+        super().__init__(
+            KANConv2d(in_chs, out_chs, 3, padding=1, **kan_args),
+            KANConv2d(out_chs, out_chs, 3, padding=1, **kan_args),
+        )
+
+
+class KANUNetDecoderBlock(nn.Module):
+    """Bilinear x2 upsampling, concatenation with the skip (if any), then a KAN double conv."""
+
+    def __init__(self, in_chs: int, skip_chs: int, out_chs: int, kan_args: Dict[str, Any]) -> None:
+        super().__init__()
+        self.skip_chs = skip_chs
+        self.conv = KANDoubleConv(in_chs + skip_chs, out_chs, kan_args)
+
+    def forward(self, x: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # Upsampling to the skip's size (not by 2) also covers encoders that round odd sizes.
+        size = skip.shape[-2:] if skip is not None else (2 * x.shape[-2], 2 * x.shape[-1])
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        if skip is not None:
+            x = torch.cat([x, skip], dim=1)
+        return self.conv(x)
+
+
+class _BuiltinEncoder(nn.Module):
+    """Level 0: double conv; level i: max pool then double conv. Returns every level's output."""
+
+    def __init__(self, in_chans: int, widths: Sequence[int], kan_args: Dict[str, Any]) -> None:
+        super().__init__()
+        chans = [in_chans, *widths]
+        self.stages = nn.ModuleList(KANDoubleConv(chans[i], chans[i + 1], kan_args) for i in range(len(widths)))
+        self.pool = nn.MaxPool2d(2)
+        self.grad_checkpointing = False
+        self.channels = list(widths)
+        self.reductions = [2**i for i in range(len(widths))]
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        features = []
+        for i, stage in enumerate(self.stages):
+            if i:
+                x = self.pool(x)
+            x = checkpoint(stage, x, use_reentrant=False) if self.grad_checkpointing else stage(x)
+            features.append(x)
+        return features
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+
+def encoder_pyramid(channels: Sequence[int], reductions: Sequence[int], name: str) -> None:
+    """Raises a ValueError unless the feature maps have strides r, 2r, 4r, ... (r a power of two)."""
+    first = reductions[0] if reductions else 0
+    ok = len(reductions) >= 2 and first >= 1 and first & (first - 1) == 0
+    ok = ok and all(b == 2 * a for a, b in zip(reductions, reductions[1:]))
+    if not ok or len(channels) != len(reductions):
+        raise ValueError(
+            f"encoder {name!r} gives feature maps with reductions {list(reductions)}; a U-Net decoder needs "
+            f"at least two maps whose strides double from one to the next (e.g. [2, 4, 8, 16, 32])"
+        )
+
+
+class KANUNet(nn.Module):
+    """U-Net of KAN convolutions (see the module docstring for layout, encoders and padding).
+
+    Args:
+        num_classes: output channels of the logits map; 0 for the last decoder features.
+        in_chans: image channels.
+        widths: built-in encoder widths per level (level i has stride 2**i).
+        basis, degree, norm_layer, basis_options: the decoder's (and built-in encoder's) KAN convs.
+        encoder: a timm model name (optionally with a pretrained tag) to use as the encoder through
+            ``timm.create_model(encoder, features_only=True, in_chans=in_chans)``; None for built-in.
+        encoder_pretrained: load the encoder's pretrained weights (its tag's, or its default tag's).
+        encoder_kwargs: more ``timm.create_model`` arguments for the encoder (e.g. out_indices,
+            pretrained_cfg_overlay=dict(file=...)).
+        decoder_channels: decoder widths, deepest level first; default: the skip widths, and the
+            shallowest skip's width for skip-less levels.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1,
+        in_chans: int = 3,
+        widths: Sequence[int] = (32, 64, 128, 256, 512),
+        basis: str = "gram",
+        degree: int = 3,
+        norm_layer: NormSpec = "batch",
+        basis_options: Optional[Dict[str, Any]] = None,
+        encoder: Optional[str] = None,
+        encoder_pretrained: bool = False,
+        encoder_kwargs: Optional[Dict[str, Any]] = None,
+        decoder_channels: Optional[Sequence[int]] = None,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(in_chans, int) or in_chans < 1:
+            raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        dd = {"device": device, "dtype": dtype}
+        self.num_classes, self.in_chans = num_classes, in_chans
+        self.grad_checkpointing = False
+        kan_args = dict(basis=basis, degree=degree, norm_layer=norm_layer, **(basis_options or {}), **dd)
+
+        if encoder is None:
+            if len(widths) < 2:
+                raise ValueError(f"widths needs at least two levels, got {tuple(widths)}")
+            self.encoder = _BuiltinEncoder(in_chans, widths, kan_args)
+            channels, reductions = self.encoder.channels, self.encoder.reductions
+        else:
+            extra = {k: v for k, v in dd.items() if v is not None}
+            self.encoder = timm.create_model(
+                encoder, features_only=True, pretrained=encoder_pretrained, in_chans=in_chans,
+                **{**extra, **(encoder_kwargs or {})},
+            )
+            channels, reductions = self.encoder.feature_info.channels(), self.encoder.feature_info.reduction()
+        encoder_pyramid(channels, reductions, encoder or "built-in")
+        self.encoder_name = encoder
+        self.pad_multiple = reductions[-1]
+
+        # Decoder levels, deepest first: one per skip, then skip-less ones down to stride 1.
+        skips = list(channels[:-1])[::-1] + [0] * (reductions[0].bit_length() - 1)
+        if decoder_channels is None:
+            decoder_channels = [c for c in channels[:-1][::-1]] + [channels[0]] * (len(skips) - len(channels) + 1)
+        if len(decoder_channels) != len(skips):
+            raise ValueError(f"decoder_channels needs {len(skips)} widths (deepest first), got {tuple(decoder_channels)}")
+        blocks, in_chs = [], channels[-1]
+        for skip_chs, out_chs in zip(skips, decoder_channels):
+            blocks.append(KANUNetDecoderBlock(in_chs, skip_chs, out_chs, kan_args))
+            in_chs = out_chs
+        self.decoder = nn.ModuleList(blocks)
+        self.num_features = self.head_hidden_size = in_chs
+        self.head = self._make_head(num_classes, **dd)
+        # The input check needs to know whether a batch of one can fail in BatchNorm.
+        self._has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
+
+    def _make_head(self, num_classes: int, **dd: Any) -> nn.Module:
+        return nn.Conv2d(self.num_features, num_classes, 1, **dd) if num_classes else nn.Identity()
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each encoder stage and decoder level in backward instead of storing it."""
+        self.grad_checkpointing = enable
+        if hasattr(self.encoder, "set_grad_checkpointing"):  # built-in and timm's FeatureListNet
+            self.encoder.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new 1x1 head with ``num_classes`` outputs (0: none); ``global_pool`` must be None or ''."""
+        if global_pool:
+            raise ValueError(f"{type(self).__name__} is a dense predictor and has no global pool, got {global_pool!r}")
+        self.num_classes = num_classes
+        self.head = self._make_head(num_classes, **get_device_dtype(self))
+        self.head.train(self.training)
+
+    def _check(self, x: torch.Tensor) -> torch.Tensor:
+        return check_segmentation_input(
+            x, self.in_chans, self.pad_multiple, self.training and self._has_batch_norm, type(self).__name__
+        )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last decoder level's features, (N, num_features, H, W) for an (N, C, H, W) input."""
+        size = tuple(self._check(x).shape[-2:])
+        features = self.encoder(pad_to_multiple(x, self.pad_multiple))
+        x, skips = features[-1], features[:-1][::-1]
+        for i, block in enumerate(self.decoder):
+            skip = skips[i] if i < len(skips) else None
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x, skip, use_reentrant=False)
+            else:
+                x = block(x, skip)
+        return crop_to(x, size)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, num_classes, H, W) logits (any H, W; see the module docstring)."""
+        return self.forward_head(self.forward_features(x))
+
+
+# --- registry -----------------------------------------------------------------------------------
+
+# arch -> built-in encoder widths (polynomial bases; width_divisor(basis) more narrow for wavelet).
+UNET_WIDTHS: Dict[str, Tuple[int, ...]] = {
+    "unet": (32, 64, 128, 256, 512),
+    "unet_tiny": (4, 8, 16),
+}
+_TINY_ARCHS = ("unet_tiny",)
+
+
+def width_divisor(basis: str) -> int:
+    """The wavelet basis keeps (C_out/groups) x C_in x H x W tensors per conv: half the widths again."""
+    return 2 if basis == "wavelet" else 1
+
+
+def model_args(arch: str, basis: str) -> Dict[str, Any]:
+    widths = UNET_WIDTHS[arch]
+    if arch not in _TINY_ARCHS:
+        widths = tuple(w // width_divisor(basis) for w in widths)
+    return dict(widths=widths, basis=basis)
+
+
+_VARIANTS: Dict[str, Tuple[str, str]] = {model_name(a, b): (a, b) for a in UNET_WIDTHS for b in BASES}
+
+
+def _cfg(arch: str) -> Dict[str, Any]:
+    # No ``classifier`` (timm and scripts/model_table.py read its presence as "a classifier"), no
+    # ``pool_size`` (the output keeps the input's size); the preprocessing is ImageNet's.
+    size = 64 if arch in _TINY_ARCHS else 256
+    cfg = kan_cfg(
+        num_classes=1, input_size=(3, size, size), crop_pct=1.0, first_conv="encoder.stages.0.0",
+        paper_ids=f"{PAPER_IDS},arXiv:1505.04597", classifier=None,
+    )
+    cfg.pop("pool_size")
+    return cfg
+
+
+default_cfgs = generate_default_cfgs({name: _cfg(arch) for name, (arch, _) in _VARIANTS.items()})
+
+_NO_WEIGHTS_HINT = (
+    "; the kan_unet models ship no weights: start from a pretrained classifier as encoder, e.g. "
+    "encoder='kan_vgg11_gram.in1k', encoder_pretrained=True"
+)
+
+
+def _create_kan_unet(variant: str, pretrained: bool = False, **kwargs: Any) -> KANUNet:
+    arch, basis = _VARIANTS[variant]
+    try:
+        return build_model_with_cfg(KANUNet, variant, pretrained, **{**model_args(arch, basis), **kwargs})
+    except RuntimeError as e:
+        if pretrained and "No pretrained weights" in str(e):
+            raise RuntimeError(f"{e}{_NO_WEIGHTS_HINT}") from e
+        raise
+
+
+register_entry_points(__name__, _VARIANTS, _create_kan_unet)
