@@ -66,7 +66,8 @@ def test_onnx_matches_pytorch_per_basis(every_basis, index, basis):
     x = torch.randn(5, *INPUT)  # neither the traced batch size nor the checked one
     with torch.no_grad():
         ref = model(x)
-    got = torch.from_numpy(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
     block = slice(index * 72, (index + 1) * 72)  # 2 channels x 6 x 6 per basis
     scale = ref[:, block].abs().max()
     assert scale > 0
