@@ -190,6 +190,24 @@ class KANConvNd(nn.Module):
     def stacked_basis(self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         return stack_functions(self.basis_functions(x, u, mask), self.groups)
 
+    def stacked_basis_into(
+        self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """:meth:`stacked_basis` without autograd, each function written straight into the stacked
+        tensor (no per-function tensors and no concatenation pass)."""
+        t = self.basis.prepare(u)
+        if mask is not None:
+            t = t * mask
+        g, first = self.groups, int(x is not None)
+        out = u.new_empty((u.shape[0], g, first + self.basis.num_functions, u.shape[1] // g) + u.shape[2:])
+        if x is not None:
+            if self.basis.base_activation == "silu":
+                torch.ops.aten.silu.out(x.unflatten(1, (g, -1)), out=out[:, :, 0])
+            else:
+                out[:, :, 0].copy_(self.basis.base(x).unflatten(1, (g, -1)))
+        self.basis.expand_into(t, out[:, :, first:])
+        return out.flatten(1, 3)
+
     def expand_conv(self, x: Optional[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
         """conv(stacked basis of (x, u), weight): one fused autograd node where it applies."""
         mask = self.dropout_mask(u)

@@ -65,7 +65,7 @@ class ExpandConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, layer, keep_basis: bool, x, u, mask, weight, *params):  # type: ignore[override]
-        stacked = layer.stacked_basis(x, u, mask)
+        stacked = layer.stacked_basis_into(x, u, mask)
         y = layer._conv(stacked, weight, layer.groups)
         ctx.layer = layer
         ctx.x_is_u = x is u
@@ -85,7 +85,7 @@ class ExpandConvFunction(torch.autograd.Function):
         need_basis = need_x or need_u or any(need_params)
         if stacked is None:  # memory-efficient mode: rebuild what the forward did not keep
             with torch.no_grad(), swap_parameters(layer.basis, dict(zip(ctx.param_names, params))):
-                stacked = layer.stacked_basis(x, u, mask)
+                stacked = layer.stacked_basis_into(x, u, mask)
         grad_stacked, grad_w, _ = torch.ops.aten.convolution_backward(
             grad_y, stacked, weight, None, layer.stride, layer.numeric_padding, layer.dilation, False,
             [0] * layer.ndim, layer.groups, [need_basis, need_w, False],
@@ -107,7 +107,11 @@ def _basis_backward(ctx, layer, x, u, mask, params, grad_stacked, need_x, need_u
         xd = x.detach().requires_grad_(need_x or (ctx.x_is_u and need_u)) if x is not None else None
         ud = xd if ctx.x_is_u else (u.detach().requires_grad_(need_u) if u is not None else None)
         pd = [p.detach().requires_grad_(need) for p, need in zip(params, need_params)]
-        with swap_parameters(layer.basis, dict(zip(ctx.param_names, pd))):
+        by_name = dict(zip(ctx.param_names, pd))
+        fast = _basis_backward_by_hand(layer, xd, ud, mask, by_name, grad_stacked)
+        if fast is not None:
+            return fast
+        with swap_parameters(layer.basis, by_name):
             functions = layer.basis_functions(xd, ud, mask)
         g = grad_stacked.unflatten(1, (layer.groups, len(functions), -1))
         outs, grad_outs = [], []
@@ -121,6 +125,35 @@ def _basis_backward(ctx, layer, x, u, mask, params, grad_stacked, need_x, need_u
     for t in [xd, None if ctx.x_is_u else ud] + pd:
         result.append(next(found) if t is not None and t.requires_grad else None)
     return result
+
+
+def _basis_backward_by_hand(layer, xd, ud, mask, params: Dict[str, torch.Tensor], grad_stacked) -> Optional[list]:
+    """Like _basis_backward, with the basis's own expand_backward for the functions; autograd only
+    differentiates the one-op prepare (e.g. tanh) and the base activation. None if the basis has none."""
+    first = int(xd is not None)  # the fused node passes x only when the base branch is folded in
+    t = layer.basis.prepare(ud)
+    if mask is not None:
+        t = t * mask
+    g = grad_stacked.unflatten(1, (layer.groups, first + layer.basis.num_functions, -1))
+    with torch.no_grad(), swap_parameters(layer.basis, params):
+        result = layer.basis.expand_backward(t.detach(), g[:, :, first:])
+    if result is None:
+        return None
+    grad_t, param_grads = result
+    outs, grad_outs = ([t], [grad_t]) if t.requires_grad else ([], [])
+    if first:
+        base = layer.basis.base(xd)
+        if base.requires_grad:
+            outs.append(base)
+            grad_outs.append(g[:, :, 0].reshape(base.shape))
+    wrt = [v for v in ([xd] if xd is ud else [xd, ud]) if v is not None and v.requires_grad]
+    found = iter(torch.autograd.grad(outs, wrt, grad_outs, allow_unused=True) if outs else [None] * len(wrt))
+    result_grads = []
+    for v in [xd, None if xd is ud else ud]:
+        result_grads.append(next(found) if v is not None and v.requires_grad else None)
+    for name, p in params.items():
+        result_grads.append(param_grads.get(name) if p.requires_grad else None)
+    return result_grads
 
 
 def set_memory_efficient(model: nn.Module, enabled: bool = True) -> int:

@@ -7,7 +7,7 @@ basis only describes its math; it never convolves.
 """
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Dict, List, Optional, Type
+from typing import Callable, ClassVar, Dict, List, Optional, Tuple, Type
 
 import torch
 from torch import nn
@@ -91,6 +91,20 @@ class Basis(nn.Module):
 
     def base(self, x: torch.Tensor) -> torch.Tensor:
         return _ACTIVATIONS[self.base_activation](x)
+
+    # -- optional fast paths for the fused expand+conv node (kan_zoo.layers.fused); never under autograd
+    def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
+        """Writes the functions of t (N, C, *spatial) into ``out`` (N, G, num_functions, C / G, *spatial),
+        the layer's stacked layout. Override to write each function in place instead of copying it."""
+        for k, function in enumerate(self.expand(t)):
+            out[:, :, k].copy_(function.unflatten(1, (out.shape[1], -1)))
+
+    def expand_backward(
+        self, t: torch.Tensor, grad_out: torch.Tensor
+    ) -> Optional[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]:
+        """(dL/dt, {parameter name: dL/dparameter}) given dL/d(functions) laid out like ``out`` of
+        :meth:`expand_into`, or None to let the fused node differentiate :meth:`expand` by autograd."""
+        return None
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, degree={self.degree}, num_functions={self.num_functions}"

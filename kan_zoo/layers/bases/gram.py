@@ -1,7 +1,7 @@
 """Gram polynomials (KAGN), the basis of the published ImageNet checkpoints."""
 from __future__ import annotations
 
-from typing import List
+from typing import Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -50,3 +50,52 @@ class GramBasis(Basis):
             beta = self.beta_factors[i - 2] * self.beta_weights[i - 1]
             polys.append(t * polys[-1] - beta * polys[-2])
         return [F.silu(p) for p in polys]
+
+    # -- the fused node's fast path: the same recurrence, written in place, and its adjoint by hand
+    def _betas(self) -> List[torch.Tensor]:
+        """beta(i - 1, i) for i = 2..degree as 0-d tensors (index i - 2)."""
+        return [self.beta_factors[i - 2] * self.beta_weights[i - 1] for i in range(2, self.degree + 1)]
+
+    def _polys(self, t: torch.Tensor) -> List[torch.Tensor]:
+        """[None (P_0 = 1), P_1, ..., P_D]: two passes per degree, the same roundings as :meth:`expand`."""
+        polys: List = [None, t] if self.degree >= 1 else [None]
+        for i, beta in enumerate(self._betas(), start=2):
+            p = t * polys[-1]
+            if polys[-2] is None:
+                p.sub_(beta)  # beta * P_0 is beta exactly
+            else:
+                p.sub_(polys[-2] * beta)
+            polys.append(p)
+        return polys
+
+    def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
+        groups = out.shape[1]
+        # SiLU(P_0) is a constant: computed in t's dtype so it equals F.silu(ones) bit for bit.
+        out[:, :, 0].fill_(F.silu(torch.ones((), dtype=t.dtype, device=t.device)))
+        for i, p in enumerate(self._polys(t)[1:], start=1):
+            torch.ops.aten.silu.out(p.unflatten(1, (groups, -1)), out=out[:, :, i])
+
+    def expand_backward(self, t: torch.Tensor, grad_out: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Reverse pass of P_i = t P_{i-1} - b_i P_{i-2}: with a_i = dL/dP_i (all paths),
+        a_{i-1} += t a_i, a_{i-2} -= b_i a_i, dL/dt += a_i P_{i-1}, dL/db_i = -sum(a_i P_{i-2})."""
+        polys, betas, d = self._polys(t), self._betas(), self.degree
+        groups = grad_out.shape[1]
+        grad_w = torch.zeros_like(self.beta_weights)
+        if d == 0:
+            return torch.zeros_like(t), {"beta_weights": grad_w}
+        adj: List = [None] + [
+            torch.ops.aten.silu_backward(grad_out[:, :, i], polys[i].unflatten(1, (groups, -1))).flatten(1, 2)
+            for i in range(1, d + 1)
+        ]
+        grad_t = None
+        for i in range(d, 1, -1):
+            a, beta = adj[i], betas[i - 2]
+            before = polys[i - 2]
+            grad_b = a.sum() if before is None else torch.dot(a.flatten(), before.flatten())
+            grad_w[i - 1] = -self.beta_factors[i - 2] * grad_b
+            adj[i - 1].addcmul_(t, a)
+            if before is not None:
+                adj[i - 2].sub_(a * beta)
+            grad_t = a * polys[i - 1] if grad_t is None else grad_t.addcmul_(a, polys[i - 1])
+        grad_t = adj[1] if grad_t is None else grad_t.add_(adj[1])
+        return grad_t, {"beta_weights": grad_w}
