@@ -1,0 +1,118 @@
+"""kan_* classification backbones as segmentation_models_pytorch encoders (``tu-<name>``), offline.
+
+smp's TimmUniversalEncoder builds ``timm.create_model(name, features_only=True, out_indices=...)`` and
+reads the feature reductions: ResNet and DenseNet give strides 2..32 ("traditional" style), VGG gives
+1..32 ("VGG" style, whose stride-1 map smp takes as its first feature). The tiny ``kan_test_vgg_*``
+has three levels (strides 1, 2, 4), so it needs ``encoder_depth=2``; the real VGGs take the default 5.
+"""
+from __future__ import annotations
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+
+import kan_zoo  # noqa: F401  registers kan_* models
+from hub_helpers import build_local_hf_cache, use_local_hf_cache
+from kan_zoo.layers import BASES
+
+smp = pytest.importorskip(
+    "segmentation_models_pytorch",
+    reason="segmentation_models_pytorch is not installed (pip install kan_zoo[test] brings it)",
+)
+
+# Classification backbones: registered kan_* models with a classifier (the segmentation nets have none).
+CLASSIFIERS = [n for n in timm.list_models("kan_*") if timm.models.get_pretrained_cfg(n).classifier]
+TINY = sorted(n for n in CLASSIFIERS if n.startswith("kan_test_"))
+# Every full-size architecture once (the basis does not change the feature pyramid; the tiny ones cover it).
+FULL = sorted(n for n in CLASSIFIERS if not n.startswith("kan_test_") and n.endswith("_gram"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _depth(name: str) -> int:
+    """The deepest smp encoder_depth a backbone supports: its levels, less the stride-1 one of VGG."""
+    reductions = timm.create_model(name, features_only=True, device="meta").feature_info.reduction()
+    return min(5, len(reductions) - (reductions[0] == 1))
+
+
+def test_every_family_and_basis_is_covered():
+    families = {n[len("kan_test_"):].rsplit("_", 1)[0] for n in TINY}
+    assert {"vgg", "resnet", "densenet"} <= families
+    assert {f"kan_test_{f}_{b}" for f in families for b in BASES} <= set(TINY)
+    assert any("vgg" in n for n in FULL) and any("resnet" in n for n in FULL) and any("densenet" in n for n in FULL)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_backbone_unet_forward_backward(name):
+    depth = _depth(name)
+    model = smp.Unet(encoder_name=f"tu-{name}", encoder_weights=None, encoder_depth=depth,
+                     decoder_channels=(16, 16, 8, 8, 8)[:depth], classes=2, in_channels=1).train()
+    x = torch.randn(2, 1, 32, 64)
+    out = model(x)
+    assert out.shape == (2, 2, 32, 64) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize("name", FULL)
+def test_full_size_backbone_unet_on_meta(name):
+    # Shapes only: the real depth-5 pyramid of every architecture, with no memory or compute.
+    with torch.device("meta"):
+        model = smp.Unet(encoder_name=f"tu-{name}", encoder_weights=None, classes=3)
+        assert _depth(name) == 5
+        info = timm.create_model(name, features_only=True).feature_info
+        vgg_style = info.reduction()[0] == 1
+        assert model.encoder.out_channels == ([] if vgg_style else [3]) + info.channels()
+        with torch.no_grad():
+            assert model.eval()(torch.empty(1, 3, 64, 96)).shape == (1, 3, 64, 96)
+
+
+def test_other_smp_decoders_take_the_encoders():
+    x = torch.randn(2, 3, 64, 64)
+    fpn = smp.FPN(encoder_name="tu-kan_test_resnet_gram", encoder_weights=None, classes=2)
+    assert fpn(x).shape == (2, 2, 64, 64)
+    unetpp = smp.UnetPlusPlus(encoder_name="tu-kan_test_densenet_gram", encoder_weights=None, classes=2,
+                              decoder_channels=(16, 16, 8, 8, 8))
+    assert unetpp(x).shape == (2, 2, 64, 64)
+
+
+def test_pretrained_tag_loads_the_encoder_weights(tmp_path, monkeypatch):
+    # smp's encoder_weights=True -> timm pretrained=True on the tag, whose Hugging Face repo is served
+    # from a local offline cache holding (kan_zoo-layout) weights we know.
+    tag = "kan_vgg11_bottleneck_gram.in1k"
+    source = timm.create_model(tag.split(".")[0])
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.rand_like(p))
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    cache = use_local_hf_cache(monkeypatch, tmp_path / "hf")
+    build_local_hf_cache(cache, timm.models.get_pretrained_cfg(tag).hf_hub_id,
+                         {"model.safetensors": safetensors.torch.save(state)})
+
+    model = smp.Unet(encoder_name=f"tu-{tag}", encoder_weights=True, classes=2)
+    loaded = model.encoder.model.state_dict()
+    assert len(loaded) > 0
+    for key, value in loaded.items():  # features_only flattens features.N to features_N
+        assert torch.equal(value, state[key.replace("features_", "features.", 1)]), key
+    out = model.train()(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 2, 32, 32)
+    out.mean().backward()
+
+
+def test_pretrained_weights_from_a_file_through_smp_kwargs(tmp_path):
+    # smp forwards extra Unet kwargs to timm.create_model, so any kan_* model takes a local file.
+    source = timm.create_model("kan_test_resnet_gram")
+    path = tmp_path / "weights.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model = smp.Unet(encoder_name="tu-kan_test_resnet_gram", encoder_weights=True,
+                     pretrained_cfg_overlay=dict(file=str(path)), decoder_channels=(16, 16, 8, 8, 8))
+    for key, value in model.encoder.model.state_dict().items():
+        assert torch.equal(value, source.state_dict()[key]), key
