@@ -4,6 +4,8 @@
   (zeros, at the bottom and right) up to a multiple of their total stride and crop the logits back.
   Any H x W works and every skip connection meets a map of exactly its size.
 * ``check_segmentation_input``: a clear ValueError for inputs a network cannot take.
+* ``create_encoder``: a timm classification backbone as a feature pyramid (``features_only=True``),
+  checked to have the doubling strides a U-shaped decoder needs.
 * ``segmentation_loss``: BCE-with-logits for one output channel, cross-entropy for K > 1.
 * ``deep_supervision_loss``: that loss summed over a U2-Net's fused map and side outputs (what a
   ``kan_u2net_*`` model returns in train mode); a single tensor works too, so one training loop
@@ -11,15 +13,17 @@
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import timm
 import torch
 from timm.layers import register_notrace_function
 from torch import nn
 from torch.nn import functional as F
 
 __all__ = [
-    "pad_to_multiple", "crop_to", "check_segmentation_input", "segmentation_loss", "deep_supervision_loss",
+    "pad_to_multiple", "crop_to", "check_segmentation_input", "check_encoder_pyramid", "create_encoder",
+    "segmentation_loss", "deep_supervision_loss",
 ]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -68,6 +72,40 @@ def check_segmentation_input(
                 f">= 2 or an input larger than {multiple}x{multiple} (got {tuple(x.shape)})"
             )
     return x
+
+
+def check_encoder_pyramid(channels: Sequence[int], reductions: Sequence[int], name: str) -> None:
+    """Raises a ValueError unless the feature maps have strides r, 2r, 4r, ... (r a power of two)."""
+    first = reductions[0] if reductions else 0
+    ok = len(reductions) >= 2 and first >= 1 and first & (first - 1) == 0
+    ok = ok and all(b == 2 * a for a, b in zip(reductions, reductions[1:]))
+    if not ok or len(channels) != len(reductions):
+        raise ValueError(
+            f"encoder {name!r} gives feature maps with reductions {list(reductions)}; a U-shaped decoder "
+            f"needs at least two maps whose strides double from one to the next (e.g. [2, 4, 8, 16, 32])"
+        )
+
+
+def create_encoder(
+    name: str,
+    in_chans: int,
+    pretrained: bool = False,
+    kwargs: Optional[Dict[str, Any]] = None,
+    device: Any = None,
+    dtype: Optional[torch.dtype] = None,
+) -> Tuple[nn.Module, List[int], List[int]]:
+    """``timm.create_model(name, features_only=True, ...)`` and its (channels, reductions), checked.
+
+    ``name`` may carry a pretrained tag ("kan_vgg11_gram.in1k"); ``pretrained`` loads its weights
+    (timm adapts the first conv to ``in_chans``); ``kwargs`` go to timm.create_model as well.
+    """
+    dd = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    encoder = timm.create_model(
+        name, features_only=True, pretrained=pretrained, in_chans=in_chans, **{**dd, **(kwargs or {})}
+    )
+    channels, reductions = encoder.feature_info.channels(), encoder.feature_info.reduction()
+    check_encoder_pyramid(channels, reductions, name)
+    return encoder, channels, reductions
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:

@@ -20,15 +20,24 @@ RSU blocks) are half the paper's, for the reason the classification families hal
 conv with K basis functions has about (K + 1)x the parameters of a plain conv); a quarter for the
 wavelet basis. ``small`` is the paper's U2-Net-dagger (mid 16, out 64 everywhere) at half width.
 
+Encoders: ``encoder="kan_resnet18_gram"`` (any timm model with ``features_only``; a pretrained tag
+such as ``"kan_vgg11_gram.in1k"`` with ``encoder_pretrained=True`` loads its classification weights)
+replaces the RSU encoder. The decoder then has one RSU stage per skip, of the height, dilation and
+widths the paper gives that stride (``rsu_shape``), and one side output per decoder stage plus one on
+the deepest map: 5 side outputs for ResNet/DenseNet encoders (strides 2..32, the finest side map
+upsampled from stride 2), 6 for VGG (strides 1..32).
+
 Outputs:
   * eval mode: ``model(x)`` is the fused logits map, (N, num_classes, H, W);
-  * train mode: ``model(x)`` is the tuple (fused, side_1, ..., side_6) of such maps, side_1 the finest,
-    for deep supervision: ``kan_zoo.segmentation.deep_supervision_loss(outputs, target)`` sums the
-    loss over all seven as the paper does. ``model.forward_all(x)`` returns the tuple in either mode.
+  * train mode: ``model(x)`` is the tuple (fused, side_1, ..., side_n) of such maps, side_1 the finest
+    (n = 6 with the built-in encoder), for deep supervision:
+    ``kan_zoo.segmentation.deep_supervision_loss(outputs, target)`` sums the loss over all of them
+    as the paper does. ``model.forward_all(x)`` returns the tuple in either mode.
   * ``num_classes=0``: no heads; ``model(x)`` is the finest decoder stage's features (N, C, H, W).
 
 Inputs: any H x W; the input is zero-padded at the bottom/right to a multiple of 32 (the total
 stride, reached inside the first RSU-7 as well as across the stages) and the outputs cropped back.
+The RSU-based decoder needs encoders whose deepest map has stride <= 32.
 In train mode a batch of one needs an input larger than 32 x 32 (BatchNorm at the deepest level).
 
 Where timm's classification contract does not apply: the outputs are logits maps (a tuple in train
@@ -49,14 +58,12 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import BASES, KANConv2d
 from ..layers.helpers import NormSpec
-from ..segmentation import check_segmentation_input, crop_to, pad_to_multiple
+from ..segmentation import check_segmentation_input, create_encoder, crop_to, pad_to_multiple
 from ._registry import PAPER_IDS, kan_cfg, model_name, register_entry_points
 
-__all__ = ["KANU2Net", "KANRSU", "KANU2NetHead", "U2NET_WIDTHS"]
+__all__ = ["KANU2Net", "KANRSU", "KANU2NetHead", "U2NET_WIDTHS", "rsu_shape"]
 
-# Stage structure of U2-Net: (height L, dilated "F" variant) for the six encoder and five decoder stages.
-ENCODER_STAGES: Tuple[Tuple[int, bool], ...] = ((7, False), (6, False), (5, False), (4, False), (4, True), (4, True))
-DECODER_STAGES: Tuple[Tuple[int, bool], ...] = ((4, True), (4, False), (5, False), (6, False), (7, False))
+NUM_STAGES = 11  # 6 encoder stages (strides 1..32), 5 decoder stages (strides 16..1)
 TOTAL_STRIDE = 32  # 5 pools across the stages, and 5 inside the first RSU-7
 
 
@@ -115,18 +122,53 @@ class KANRSU(nn.Module):
 
 
 class KANU2NetHead(nn.Module):
-    """Six plain 3x3 side convs to ``num_classes`` and the 1x1 conv that fuses their upsampled maps."""
+    """Plain 3x3 side convs to ``num_classes`` (one per side feature) and the 1x1 conv fusing them."""
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, **dd: Any) -> None:
         super().__init__()
         self.sides = nn.ModuleList(nn.Conv2d(c, num_classes, 3, padding=1, **dd) for c in in_channels)
         self.fuse = nn.Conv2d(len(in_channels) * num_classes, num_classes, 1, **dd)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
-        """Features finest first -> (fused, side_1, ..., side_n), all at the first feature's size."""
-        sides = [side(f) for side, f in zip(self.sides, features)]
-        sides = [sides[0]] + [_upsample(s, sides[0]) for s in sides[1:]]
+    def forward(self, features: Sequence[torch.Tensor], size: Tuple[int, int]) -> Tuple[torch.Tensor, ...]:
+        """Features finest first -> (fused, side_1, ..., side_n), all upsampled to ``size``."""
+        sides = []
+        for side, f in zip(self.sides, features):
+            s = side(f)
+            sides.append(s if s.shape[-2:] == size else F.interpolate(s, size=size, mode="bilinear"))
         return (self.fuse(torch.cat(sides, dim=1)), *sides)
+
+
+def rsu_shape(stride: int) -> Tuple[int, bool]:
+    """(height, dilated) of the RSU block at ``stride``: its pools reach stride 32, as in the paper."""
+    return (4, True) if stride >= 16 else (8 - stride.bit_length(), False)
+
+
+class _RSUEncoder(nn.Module):
+    """The paper's encoder: RSU-7, 6, 5, 4, 4F, 4F with a 2x2 max pool between stages."""
+
+    def __init__(self, in_chans: int, mids: Sequence[int], outs: Sequence[int], kan_args: Dict[str, Any]) -> None:
+        super().__init__()
+        self.reductions = [2**i for i in range(len(outs))]
+        self.channels = list(outs)
+        chans = [in_chans, *outs]
+        self.stages = nn.ModuleList()
+        for i, stride in enumerate(self.reductions):
+            height, dilated = rsu_shape(stride)
+            self.stages.append(KANRSU(height, chans[i], mids[i], outs[i], kan_args, dilated))
+        self.pool = nn.MaxPool2d(2)
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        features = []
+        for i, stage in enumerate(self.stages):
+            if i:
+                x = self.pool(x)
+            x = checkpoint(stage, x, use_reentrant=False) if self.grad_checkpointing else stage(x)
+            features.append(x)
+        return features
 
 
 class KANU2Net(nn.Module):
@@ -135,8 +177,12 @@ class KANU2Net(nn.Module):
     Args:
         num_classes: output channels of every logits map; 0 for the finest decoder features.
         in_chans: image channels.
-        mid_channels, out_channels: RSU widths of the 6 encoder then 5 decoder stages.
+        mid_channels, out_channels: RSU widths of the 6 encoder stages (strides 1..32) then the 5
+            decoder stages (strides 16..1).
         basis, degree, norm_layer, basis_options: the KAN convs' basis, degree, norm and options.
+        encoder, encoder_pretrained, encoder_kwargs: a timm backbone instead of the RSU encoder, as
+            for ``KANUNet``; the decoder then has one RSU stage per skip, with the widths and heights
+            the paper gives that stride, and one side output per decoder stage plus the deepest map.
     """
 
     def __init__(
@@ -149,13 +195,15 @@ class KANU2Net(nn.Module):
         degree: int = 3,
         norm_layer: NormSpec = "batch",
         basis_options: Optional[Dict[str, Any]] = None,
+        encoder: Optional[str] = None,
+        encoder_pretrained: bool = False,
+        encoder_kwargs: Optional[Dict[str, Any]] = None,
         device: Optional[Union[str, torch.device]] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        num_stages = len(ENCODER_STAGES) + len(DECODER_STAGES)
-        if len(mid_channels) != num_stages or len(out_channels) != num_stages:
-            raise ValueError(f"mid_channels and out_channels need {num_stages} widths (6 encoder, 5 decoder "
+        if len(mid_channels) != NUM_STAGES or len(out_channels) != NUM_STAGES:
+            raise ValueError(f"mid_channels and out_channels need {NUM_STAGES} widths (6 encoder, 5 decoder "
                              f"stages), got {len(mid_channels)} and {len(out_channels)}")
         if not isinstance(in_chans, int) or in_chans < 1:
             raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
@@ -163,25 +211,34 @@ class KANU2Net(nn.Module):
             raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
         dd = {"device": device, "dtype": dtype}
         self.num_classes, self.in_chans = num_classes, in_chans
-        self.grad_checkpointing = False
         kan_args = dict(basis=basis, degree=degree, norm_layer=norm_layer, **(basis_options or {}), **dd)
 
-        enc_out = out_channels[: len(ENCODER_STAGES)]
-        self.encoder = nn.ModuleList()
-        chs = in_chans
-        for (height, dilated), mid, out in zip(ENCODER_STAGES, mid_channels, enc_out):
-            self.encoder.append(KANRSU(height, chs, mid, out, kan_args, dilated))
-            chs = out
+        if encoder is None:
+            self.encoder = _RSUEncoder(in_chans, mid_channels[:6], out_channels[:6], kan_args)
+            channels, reductions = self.encoder.channels, self.encoder.reductions
+        else:
+            self.encoder, channels, reductions = create_encoder(
+                encoder, in_chans, encoder_pretrained, encoder_kwargs, **dd
+            )
+            if reductions[-1] > TOTAL_STRIDE:
+                raise ValueError(f"encoder {encoder!r} reaches stride {reductions[-1]}; KANU2Net's decoder "
+                                 f"has stages for strides up to {TOTAL_STRIDE // 2}")
+        self.encoder_name = encoder
+        self.pad_multiple = max(TOTAL_STRIDE, reductions[-1])
+
+        # Decoder stage at stride s (deepest skip first) takes the paper's decoder widths for s.
+        dec_mids, dec_outs = mid_channels[6:], out_channels[6:]
         self.decoder = nn.ModuleList()
-        dec = zip(DECODER_STAGES, mid_channels[len(ENCODER_STAGES):], out_channels[len(ENCODER_STAGES):])
-        for i, ((height, dilated), mid, out) in enumerate(dec):
-            skip = enc_out[-2 - i]  # decoder stage i meets encoder stage 5 - i
-            self.decoder.append(KANRSU(height, chs + skip, mid, out, kan_args, dilated))
-            chs = out
-        self.pool = nn.MaxPool2d(2)
-        # Side maps come from the decoder stages (finest first) and the deepest encoder stage.
-        self.side_channels = [*out_channels[len(ENCODER_STAGES):][::-1], enc_out[-1]]
+        chs = channels[-1]
+        for skip_chs, stride in zip(channels[-2::-1], reductions[-2::-1]):
+            i = 4 - (stride.bit_length() - 1)  # the paper's decoder stages run over strides 16, 8, 4, 2, 1
+            height, dilated = rsu_shape(stride)
+            self.decoder.append(KANRSU(height, chs + skip_chs, dec_mids[i], dec_outs[i], kan_args, dilated))
+            chs = dec_outs[i]
+        # Side maps come from the decoder stages (finest first) and the deepest encoder map.
+        self.side_channels = [stage.conv_in.out_channels for stage in self.decoder][::-1] + [channels[-1]]
         self.num_features = self.head_hidden_size = self.side_channels[0]
+        self.grad_checkpointing = False
         self.head = self._make_head(num_classes, **dd)
         self._has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
 
@@ -190,8 +247,10 @@ class KANU2Net(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each RSU stage in backward instead of storing its activations."""
+        """Recompute each encoder and decoder stage in backward instead of storing its activations."""
         self.grad_checkpointing = enable
+        if hasattr(self.encoder, "set_grad_checkpointing"):  # built-in and timm's FeatureListNet
+            self.encoder.set_grad_checkpointing(enable)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -206,39 +265,33 @@ class KANU2Net(nn.Module):
         if self.head is not None:
             self.head.train(self.training)
 
-    def _stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(stage, x, use_reentrant=False)
-        return stage(x)
-
     def _side_features(self, x: torch.Tensor) -> List[torch.Tensor]:
-        """Padded input -> the six side-output features, finest first."""
-        skips: List[torch.Tensor] = []
-        for i, stage in enumerate(self.encoder):
-            if i:
-                x = self.pool(x)
-            x = self._stage(stage, x)
-            skips.append(x)
-        features = [x]
-        for i, stage in enumerate(self.decoder):
-            skip = skips[-2 - i]
-            x = self._stage(stage, torch.cat([_upsample(x, skip), skip], dim=1))
+        """Padded input -> the side-output features, finest first."""
+        skips = self.encoder(x)
+        x, features = skips[-1], [skips[-1]]
+        for stage, skip in zip(self.decoder, skips[-2::-1]):
+            x = torch.cat([_upsample(x, skip), skip], dim=1)
+            x = checkpoint(stage, x, use_reentrant=False) if self.grad_checkpointing else stage(x)
             features.append(x)
         return features[::-1]
 
     def forward_all(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """(fused, side_1, ..., side_6) logits maps, each (N, num_classes, H, W), in any mode."""
+        """(fused, side_1, ..., side_n) logits maps, each (N, num_classes, H, W), in any mode."""
         check_segmentation_input(
-            x, self.in_chans, TOTAL_STRIDE, self.training and self._has_batch_norm, type(self).__name__
+            x, self.in_chans, self.pad_multiple, self.training and self._has_batch_norm, type(self).__name__
         )
         size = (x.shape[-2], x.shape[-1])
-        features = self._side_features(pad_to_multiple(x, TOTAL_STRIDE))
-        if self.head is None:
-            return (crop_to(features[0], size),)
-        return tuple(crop_to(m, size) for m in self.head(features))
+        x = pad_to_multiple(x, self.pad_multiple)
+        features = self._side_features(x)
+        if self.head is None:  # features of the finest decoder stage, at the input's resolution
+            finest = features[0]
+            if finest.shape[-2:] != x.shape[-2:]:
+                finest = _upsample(finest, x)
+            return (crop_to(finest, size),)
+        return tuple(crop_to(m, size) for m in self.head(features, (x.shape[-2], x.shape[-1])))
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
-        """Eval: the fused logits map. Train: (fused, side_1, ..., side_6). See the module docstring."""
+        """Eval: the fused logits map. Train: (fused, side_1, ..., side_n). See the module docstring."""
         outputs = self.forward_all(x)
         if self.training and self.head is not None:
             return outputs
@@ -277,7 +330,7 @@ def _cfg(arch: str) -> Dict[str, Any]:
     # see the module docstring.
     size = 64 if arch in _TINY_ARCHS else 320
     cfg = kan_cfg(
-        num_classes=1, input_size=(3, size, size), crop_pct=1.0, first_conv="encoder.0.conv_in",
+        num_classes=1, input_size=(3, size, size), crop_pct=1.0, first_conv="encoder.stages.0.conv_in",
         paper_ids=f"{PAPER_IDS},arXiv:2005.09007", classifier=None,
     )
     cfg.pop("pool_size")

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import timm
 import torch
 from timm.layers import get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs
@@ -45,10 +44,10 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import BASES, KANConv2d
 from ..layers.helpers import NormSpec
-from ..segmentation import check_segmentation_input, crop_to, pad_to_multiple
+from ..segmentation import check_encoder_pyramid, check_segmentation_input, create_encoder, crop_to, pad_to_multiple
 from ._registry import PAPER_IDS, kan_cfg, model_name, register_entry_points
 
-__all__ = ["KANUNet", "KANDoubleConv", "KANUNetDecoderBlock", "UNET_WIDTHS", "encoder_pyramid"]
+__all__ = ["KANUNet", "KANDoubleConv", "KANUNetDecoderBlock", "UNET_WIDTHS"]
 
 
 class KANDoubleConv(nn.Sequential):
@@ -103,18 +102,6 @@ class _BuiltinEncoder(nn.Module):
         self.grad_checkpointing = enable
 
 
-def encoder_pyramid(channels: Sequence[int], reductions: Sequence[int], name: str) -> None:
-    """Raises a ValueError unless the feature maps have strides r, 2r, 4r, ... (r a power of two)."""
-    first = reductions[0] if reductions else 0
-    ok = len(reductions) >= 2 and first >= 1 and first & (first - 1) == 0
-    ok = ok and all(b == 2 * a for a, b in zip(reductions, reductions[1:]))
-    if not ok or len(channels) != len(reductions):
-        raise ValueError(
-            f"encoder {name!r} gives feature maps with reductions {list(reductions)}; a U-Net decoder needs "
-            f"at least two maps whose strides double from one to the next (e.g. [2, 4, 8, 16, 32])"
-        )
-
-
 class KANUNet(nn.Module):
     """U-Net of KAN convolutions (see the module docstring for layout, encoders and padding).
 
@@ -163,14 +150,11 @@ class KANUNet(nn.Module):
                 raise ValueError(f"widths needs at least two levels, got {tuple(widths)}")
             self.encoder = _BuiltinEncoder(in_chans, widths, kan_args)
             channels, reductions = self.encoder.channels, self.encoder.reductions
+            check_encoder_pyramid(channels, reductions, "built-in")
         else:
-            extra = {k: v for k, v in dd.items() if v is not None}
-            self.encoder = timm.create_model(
-                encoder, features_only=True, pretrained=encoder_pretrained, in_chans=in_chans,
-                **{**extra, **(encoder_kwargs or {})},
+            self.encoder, channels, reductions = create_encoder(
+                encoder, in_chans, encoder_pretrained, encoder_kwargs, **dd
             )
-            channels, reductions = self.encoder.feature_info.channels(), self.encoder.feature_info.reduction()
-        encoder_pyramid(channels, reductions, encoder or "built-in")
         self.encoder_name = encoder
         self.pad_multiple = reductions[-1]
 

@@ -48,10 +48,10 @@ def test_full_and_small_models_on_meta(basis):
     small = timm.create_model(f"kan_u2net_small_{basis}", device="meta")
     div = kan_u2net.width_divisor(basis)
     for model, arch in ((full, "u2net"), (small, "u2net_small")):
-        outs = [stage.conv_in.out_channels for stage in [*model.encoder, *model.decoder]]
+        outs = [stage.conv_in.out_channels for stage in [*model.encoder.stages, *model.decoder]]
         assert outs == [o // div for o in kan_u2net.U2NET_WIDTHS[arch][1]]
         # RSU-7, 6, 5, 4, 4F, 4F then 4F, 4, 5, 6, 7: L encoder levels + L - 1 decoder levels each.
-        assert [len(s.encoder) for s in model.encoder] == [7, 6, 5, 4, 4, 4]
+        assert [len(s.encoder) for s in model.encoder.stages] == [7, 6, 5, 4, 4, 4]
         assert [len(s.decoder) for s in model.decoder] == [3, 3, 4, 5, 6]
         kan = [m for m in model.modules() if isinstance(m, KANConv2d)]
         assert {m.basis.name for m in kan} == {basis}
@@ -148,8 +148,9 @@ def test_deep_supervision_loss_helper():
         segmentation_loss(logits[0], mask[:, :4])
 
 
-def test_grad_checkpointing_gives_the_same_gradients():
-    model = timm.create_model(TINY).train()
+@pytest.mark.parametrize("encoder", [None, "kan_test_resnet_gram"])
+def test_grad_checkpointing_gives_the_same_gradients(encoder):
+    model = timm.create_model(TINY, encoder=encoder).train()
     x = torch.randn(2, 3, 32, 32)
 
     def grads():
@@ -173,6 +174,9 @@ def test_device_dtype_heads_and_errors():
         model.reset_classifier(0)
         assert model(torch.randn(1, 3, 8, 8, dtype=torch.float64)).shape == (1, model.num_features, 8, 8)
     assert {p.device.type for p in timm.create_model("kan_u2net_gram", device="meta").parameters()} == {"meta"}
+    features = timm.create_model(TINY, num_classes=0, encoder="kan_test_resnet_gram").eval()
+    with torch.no_grad():  # the finest decoder stage is at stride 2 here: upsampled to the input size
+        assert features(torch.randn(1, 3, 9, 11)).shape == (1, features.num_features, 9, 11)
 
     model = timm.create_model(TINY)
     with pytest.raises(ValueError, match="4-D input"):
@@ -186,3 +190,34 @@ def test_device_dtype_heads_and_errors():
         model.reset_classifier(1, "avg")
     with pytest.raises(ValueError, match="need 11 widths"):
         timm.create_model(TINY, mid_channels=(2,) * 10)
+
+
+@pytest.mark.parametrize("encoder", ["kan_test_resnet_gram", "kan_test_vgg_gram", "kan_test_densenet_gram"])
+def test_classification_backbone_as_encoder(encoder):
+    model = timm.create_model(TINY, encoder=encoder, num_classes=2, in_chans=1).train()
+    reductions = timm.create_model(encoder, features_only=True, device="meta").feature_info.reduction()
+    # One RSU decoder stage per skip, shaped for its stride; a side output per stage plus the deepest map.
+    assert [(len(s.encoder), s.pooled) for s in model.decoder] == [
+        (kan_u2net.rsu_shape(r)[0], not kan_u2net.rsu_shape(r)[1]) for r in reductions[-2::-1]
+    ]
+    outputs = model(torch.randn(2, 1, *ODD))
+    assert len(outputs) == 1 + len(reductions) and all(o.shape == (2, 2, *ODD) for o in outputs)
+    deep_supervision_loss(outputs, torch.randint(0, 2, (2, *ODD))).backward()
+    _grads_finite(model)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 1, *ODD)).shape == (1, 2, *ODD)
+
+
+def test_encoder_pretrained_weights_from_a_file(tmp_path):
+    import safetensors.torch
+
+    source = timm.create_model("kan_test_densenet_gram")
+    path = tmp_path / "encoder.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model = timm.create_model(
+        TINY, encoder="kan_test_densenet_gram", encoder_pretrained=True,
+        encoder_kwargs=dict(pretrained_cfg_overlay=dict(file=str(path))),
+    )
+    state = source.state_dict()
+    for key, value in model.encoder.state_dict().items():
+        assert torch.equal(value, state[key.replace("features_", "features.", 1)]), key
