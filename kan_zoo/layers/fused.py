@@ -21,7 +21,6 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 __all__ = ["ExpandConvFunction", "numeric_padding", "swap_parameters", "set_memory_efficient"]
 
@@ -74,12 +73,13 @@ class ExpandConvFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y):  # type: ignore[override]
         x, u, mask, weight, stacked, *params = ctx.saved_tensors
         if ctx.x_is_u:
             u = x
         layer = ctx.layer
+        if torch.is_grad_enabled():  # create_graph=True (e.g. a gradient penalty): differentiable replay
+            return _differentiable_backward(ctx, layer, x, u, mask, weight, params, grad_y)
         need_x, need_u, _, need_w = ctx.needs_input_grad[2:6]
         need_params = ctx.needs_input_grad[6:]
         need_basis = need_x or need_u or any(need_params)
@@ -98,6 +98,20 @@ class ExpandConvFunction(torch.autograd.Function):
         if ctx.x_is_u:
             grad_x, grad_u = grad_x, None
         return (None, None, grad_x, grad_u, None, grad_w, *grad_params)
+
+
+def _differentiable_backward(ctx, layer, x, u, mask, weight, params, grad_y) -> tuple:
+    """Backward as a graph of ordinary ops (the saved tensors keep their history), so that the
+    gradients can be differentiated again; slower, used only when autograd asks for create_graph."""
+    with swap_parameters(layer.basis, dict(zip(ctx.param_names, params))):
+        y = layer._conv(layer.stacked_basis(x, u, mask), weight, layer.groups)
+    inputs = [x, None if ctx.x_is_u else u, weight, *params]
+    wrt = [t for t, need in zip(inputs, ctx.needs_input_grad[2:4] + ctx.needs_input_grad[5:]) if t is not None and need]
+    found = iter(torch.autograd.grad(y, wrt, grad_y, create_graph=True, allow_unused=True))
+    grads = [next(found) if t is not None and need else None
+             for t, need in zip(inputs, ctx.needs_input_grad[2:4] + ctx.needs_input_grad[5:])]
+    grad_x, grad_u, grad_w, *grad_params = grads
+    return (None, None, grad_x, grad_u, None, grad_w, *grad_params)
 
 
 def _basis_backward(ctx, layer, x, u, mask, params, grad_stacked, need_x, need_u, need_params) -> list:
