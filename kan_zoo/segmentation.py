@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = [
-    "pad_to_multiple", "crop_to", "check_segmentation_input", "check_encoder_pyramid", "create_encoder",
+    "pad_to_multiple", "crop_to", "check_segmentation_input", "norm_kinds", "check_encoder_pyramid", "create_encoder",
     "segmentation_loss", "deep_supervision_loss",
 ]
 
@@ -45,13 +45,14 @@ def crop_to(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 
 @register_notrace_function
 def check_segmentation_input(
-    x: torch.Tensor, in_chans: int, multiple: int, batch_norm_training: bool, model_name: str
+    x: torch.Tensor, in_chans: int, multiple: int, norms: Tuple[bool, bool], model_name: str
 ) -> torch.Tensor:
     """Returns ``x`` or raises a ValueError saying what is wrong with it.
 
-    ``batch_norm_training``: the network is in train mode and has BatchNorms, which need more than
-    one value per channel; at the deepest level (stride ``multiple``) a batch of one padded to a
-    single ``multiple`` x ``multiple`` tile has exactly one.
+    ``norms``: (the network is in train mode and has BatchNorms, it has InstanceNorms). At the
+    deepest level (stride ``multiple``) an input padded to a single ``multiple`` x ``multiple`` tile
+    has one value per image and channel: too few for InstanceNorm, and for BatchNorm in training
+    on a batch of one.
     """
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -63,15 +64,24 @@ def check_segmentation_input(
         )
     if min(x.shape) == 0:
         raise ValueError(f"{model_name} got an empty input of shape {tuple(x.shape)}")
-    if batch_norm_training:
-        deepest = -(-x.shape[-2] // multiple) * -(-x.shape[-1] // multiple)
-        if x.shape[0] * deepest < 2:
-            raise ValueError(
-                f"{model_name} pads its input to a multiple of {multiple} and its deepest level then has "
-                f"1x1 values per image; BatchNorm in train mode needs more than one, so use a batch of "
-                f">= 2 or an input larger than {multiple}x{multiple} (got {tuple(x.shape)})"
-            )
+    batch_norm_training, instance_norm = norms
+    deepest = -(-x.shape[-2] // multiple) * -(-x.shape[-1] // multiple)
+    if deepest < 2 and (instance_norm or (batch_norm_training and x.shape[0] < 2)):
+        norm, fix = ("InstanceNorm", "an input") if instance_norm else (
+            "BatchNorm in train mode", "a batch of >= 2 or an input")
+        raise ValueError(
+            f"{model_name} pads its input to a multiple of {multiple} and its deepest level then has one "
+            f"value per image and channel, too few for its {norm}; use {fix} larger than "
+            f"{multiple}x{multiple} (got {tuple(x.shape)})"
+        )
     return x
+
+
+def norm_kinds(model: nn.Module) -> Tuple[bool, bool]:
+    """(has a BatchNorm, has an InstanceNorm): what ``check_segmentation_input`` needs to know."""
+    modules = list(model.modules())
+    return (any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in modules),
+            any(isinstance(m, nn.modules.instancenorm._InstanceNorm) for m in modules))
 
 
 def check_encoder_pyramid(channels: Sequence[int], reductions: Sequence[int], name: str) -> None:

@@ -38,7 +38,8 @@ Outputs:
 Inputs: any H x W; the input is zero-padded at the bottom/right to a multiple of 32 (the total
 stride, reached inside the first RSU-7 as well as across the stages) and the outputs cropped back.
 The RSU-based decoder needs encoders whose deepest map has stride <= 32.
-In train mode a batch of one needs an input larger than 32 x 32 (BatchNorm at the deepest level).
+In train mode a batch of one needs an input larger than 32 x 32 (BatchNorm at the deepest level);
+with InstanceNorm (``norm_layer="instance"``, or a ``kan_vgg*`` encoder) every input does.
 
 Where timm's classification contract does not apply: the outputs are logits maps (a tuple in train
 mode); there is no ``forward_features`` / ``forward_head`` split, no global pool, no ``features_only``
@@ -58,7 +59,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import BASES, KANConv2d
 from ..layers.helpers import NormSpec
-from ..segmentation import check_segmentation_input, create_encoder, crop_to, pad_to_multiple
+from ..segmentation import check_segmentation_input, create_encoder, crop_to, norm_kinds, pad_to_multiple
 from ._registry import PAPER_IDS, kan_cfg, model_name, register_entry_points
 
 __all__ = ["KANU2Net", "KANRSU", "KANU2NetHead", "U2NET_WIDTHS", "rsu_shape"]
@@ -240,7 +241,7 @@ class KANU2Net(nn.Module):
         self.num_features = self.head_hidden_size = self.side_channels[0]
         self.grad_checkpointing = False
         self.head = self._make_head(num_classes, **dd)
-        self._has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
+        self._batch_norm, self._instance_norm = norm_kinds(self)
 
     def _make_head(self, num_classes: int, **dd: Any) -> Optional[KANU2NetHead]:
         return KANU2NetHead(self.side_channels, num_classes, **dd) if num_classes else None
@@ -278,7 +279,8 @@ class KANU2Net(nn.Module):
     def forward_all(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """(fused, side_1, ..., side_n) logits maps, each (N, num_classes, H, W), in any mode."""
         check_segmentation_input(
-            x, self.in_chans, self.pad_multiple, self.training and self._has_batch_norm, type(self).__name__
+            x, self.in_chans, self.pad_multiple, (self.training and self._batch_norm, self._instance_norm),
+            type(self).__name__,
         )
         size = (x.shape[-2], x.shape[-1])
         x = pad_to_multiple(x, self.pad_multiple)

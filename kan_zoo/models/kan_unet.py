@@ -23,7 +23,8 @@ map is strided (ResNet and DenseNet start at stride 2, VGG at stride 1).
 Inputs: any H x W. The input is zero-padded at the bottom/right to a multiple of the total stride
 (2**(levels-1) built in, 32 for the classification encoders) and the logits cropped back, so
 ``model(x)`` is (N, num_classes, H, W). In train mode with BatchNorm, a batch of one needs an input
-larger than one such tile. A VGG encoder with InstanceNorm (``kan_vgg*``) needs >= 64 px per side.
+larger than one such tile, and InstanceNorm anywhere (the ``kan_vgg*`` encoders, or
+``norm_layer="instance"``) always does (e.g. 32 x 64 rather than 32 x 32 with a stride-32 encoder).
 
 Where timm's classification contract does not apply: the output is a logits map, not a vector;
 ``num_classes=0`` / ``reset_classifier(0)`` return the last decoder features (N, C, H, W);
@@ -44,7 +45,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import BASES, KANConv2d
 from ..layers.helpers import NormSpec
-from ..segmentation import check_encoder_pyramid, check_segmentation_input, create_encoder, crop_to, pad_to_multiple
+from ..segmentation import (
+    check_encoder_pyramid, check_segmentation_input, create_encoder, crop_to, norm_kinds, pad_to_multiple,
+)
 from ._registry import PAPER_IDS, kan_cfg, model_name, register_entry_points
 
 __all__ = ["KANUNet", "KANDoubleConv", "KANUNetDecoderBlock", "UNET_WIDTHS"]
@@ -171,8 +174,8 @@ class KANUNet(nn.Module):
         self.decoder = nn.ModuleList(blocks)
         self.num_features = self.head_hidden_size = in_chs
         self.head = self._make_head(num_classes, **dd)
-        # The input check needs to know whether a batch of one can fail in BatchNorm.
-        self._has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
+        # The input check needs to know which inputs would leave a norm one value per channel.
+        self._batch_norm, self._instance_norm = norm_kinds(self)
 
     def _make_head(self, num_classes: int, **dd: Any) -> nn.Module:
         return nn.Conv2d(self.num_features, num_classes, 1, **dd) if num_classes else nn.Identity()
@@ -198,7 +201,8 @@ class KANUNet(nn.Module):
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
         return check_segmentation_input(
-            x, self.in_chans, self.pad_multiple, self.training and self._has_batch_norm, type(self).__name__
+            x, self.in_chans, self.pad_multiple, (self.training and self._batch_norm, self._instance_norm),
+            type(self).__name__,
         )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

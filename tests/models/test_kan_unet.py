@@ -206,6 +206,11 @@ def test_clear_errors():
         model.train()(torch.randn(1, 3, 4, 4))
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 4, 4)).shape == (1, 1, 4, 4)  # eval BatchNorm is fine
+    instance = timm.create_model(TINY, norm_layer="instance").eval()
+    with pytest.raises(ValueError, match=r"too few for its InstanceNorm; use an input larger than 4x4"):
+        instance(torch.randn(2, 3, 3, 4))
+    with torch.no_grad():
+        assert instance(torch.randn(1, 3, 3, 5)).shape == (1, 1, 3, 5)
     with pytest.raises(ValueError, match=r"reductions \[2, 8\]"):
         timm.create_model(TINY, encoder="kan_test_resnet_gram", encoder_kwargs=dict(out_indices=(0, 2)))
     with pytest.raises(RuntimeError, match="Unknown model"):
