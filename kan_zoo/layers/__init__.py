@@ -1,4 +1,5 @@
 """KAN layers: convolutions over any basis in 1D/2D/3D, their bottleneck form, and KANLinear."""
+from .activation import KANActivation
 from .bases import BASES, Basis, get_basis_class, register_basis
 from .bottleneck import BottleneckKANConv1d, BottleneckKANConv2d, BottleneckKANConv3d, BottleneckKANConvNd
 from .conv import KANConv1d, KANConv2d, KANConv3d, KANConvNd
@@ -9,5 +10,5 @@ from .linear import KANLinear
 __all__ = [
     "BASES", "Basis", "get_basis_class", "register_basis", "KANConvNd", "KANConv1d", "KANConv2d", "KANConv3d",
     "BottleneckKANConvNd", "BottleneckKANConv1d", "BottleneckKANConv2d", "BottleneckKANConv3d", "KANLinear",
-    "GroupPReLU", "set_memory_efficient",
+    "GroupPReLU", "set_memory_efficient", "KANActivation",
 ]
