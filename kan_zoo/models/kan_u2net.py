@@ -96,11 +96,13 @@ class KANRSU(nn.Module):
             enc_dilations = [1] * (height - 1) + [2]
             dec_dilations = [1] * (height - 1)
         self.conv_in = conv(in_chs, out_chs)
-        self.encoder = nn.ModuleList(conv(out_chs if i == 0 else mid_chs, mid_chs, d) for i, d in enumerate(enc_dilations))
+        self.encoder = nn.ModuleList(
+            conv(out_chs if i == 0 else mid_chs, mid_chs, d) for i, d in enumerate(enc_dilations)
+        )
         self.decoder = nn.ModuleList(
             conv(2 * mid_chs, out_chs if i == height - 2 else mid_chs, d) for i, d in enumerate(dec_dilations)
         )
-        # Pools sit before encoder levels 1..L-2 (the dilated top level keeps the last stride).
+        # Pools sit before encoder levels 1..L-2, 0-based (the dilated top level keeps the last stride).
         self.pooled = not dilated
         self.pool = nn.MaxPool2d(2)
 
@@ -135,7 +137,9 @@ class KANU2NetHead(nn.Module):
         sides = []
         for side, f in zip(self.sides, features):
             s = side(f)
-            sides.append(s if s.shape[-2:] == size else F.interpolate(s, size=size, mode="bilinear"))
+            if s.shape[-2:] != size:
+                s = F.interpolate(s, size=size, mode="bilinear", align_corners=False)
+            sides.append(s)
         return (self.fuse(torch.cat(sides, dim=1)), *sides)
 
 
@@ -260,7 +264,8 @@ class KANU2Net(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """New side and fusion convs for ``num_classes`` (0: none); ``global_pool`` must be None or ''."""
         if global_pool:
-            raise ValueError(f"{type(self).__name__} is a dense predictor and has no global pool, got {global_pool!r}")
+            raise ValueError(f"{type(self).__name__} is a dense predictor and has no global pool, "
+                             f"got {global_pool!r}")
         self.num_classes = num_classes
         self.head = self._make_head(num_classes, **get_device_dtype(self))
         if self.head is not None:

@@ -45,9 +45,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import BASES, KANConv2d
 from ..layers.helpers import NormSpec
-from ..segmentation import (
-    check_encoder_pyramid, check_segmentation_input, create_encoder, crop_to, norm_kinds, pad_to_multiple,
-)
+from ..segmentation import check_segmentation_input, create_encoder, crop_to, norm_kinds, pad_to_multiple
 from ._registry import PAPER_IDS, kan_cfg, model_name, register_entry_points
 
 __all__ = ["KANUNet", "KANDoubleConv", "KANUNetDecoderBlock", "UNET_WIDTHS"]
@@ -68,7 +66,6 @@ class KANUNetDecoderBlock(nn.Module):
 
     def __init__(self, in_chs: int, skip_chs: int, out_chs: int, kan_args: Dict[str, Any]) -> None:
         super().__init__()
-        self.skip_chs = skip_chs
         self.conv = KANDoubleConv(in_chs + skip_chs, out_chs, kan_args)
 
     def forward(self, x: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -153,7 +150,6 @@ class KANUNet(nn.Module):
                 raise ValueError(f"widths needs at least two levels, got {tuple(widths)}")
             self.encoder = _BuiltinEncoder(in_chans, widths, kan_args)
             channels, reductions = self.encoder.channels, self.encoder.reductions
-            check_encoder_pyramid(channels, reductions, "built-in")
         else:
             self.encoder, channels, reductions = create_encoder(
                 encoder, in_chans, encoder_pretrained, encoder_kwargs, **dd
@@ -162,11 +158,14 @@ class KANUNet(nn.Module):
         self.pad_multiple = reductions[-1]
 
         # Decoder levels, deepest first: one per skip, then skip-less ones down to stride 1.
-        skips = list(channels[:-1])[::-1] + [0] * (reductions[0].bit_length() - 1)
+        skipless = reductions[0].bit_length() - 1  # x2 levels from the first map's stride to 1
+        skips = list(channels[-2::-1]) + [0] * skipless
         if decoder_channels is None:
-            decoder_channels = [c for c in channels[:-1][::-1]] + [channels[0]] * (len(skips) - len(channels) + 1)
+            decoder_channels = list(channels[-2::-1]) + [channels[0]] * skipless
         if len(decoder_channels) != len(skips):
-            raise ValueError(f"decoder_channels needs {len(skips)} widths (deepest first), got {tuple(decoder_channels)}")
+            raise ValueError(
+                f"decoder_channels needs {len(skips)} widths (deepest first), got {tuple(decoder_channels)}"
+            )
         blocks, in_chs = [], channels[-1]
         for skip_chs, out_chs in zip(skips, decoder_channels):
             blocks.append(KANUNetDecoderBlock(in_chs, skip_chs, out_chs, kan_args))
@@ -194,7 +193,8 @@ class KANUNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A new 1x1 head with ``num_classes`` outputs (0: none); ``global_pool`` must be None or ''."""
         if global_pool:
-            raise ValueError(f"{type(self).__name__} is a dense predictor and has no global pool, got {global_pool!r}")
+            raise ValueError(f"{type(self).__name__} is a dense predictor and has no global pool, "
+                             f"got {global_pool!r}")
         self.num_classes = num_classes
         self.head = self._make_head(num_classes, **get_device_dtype(self))
         self.head.train(self.training)
