@@ -2,3 +2,4 @@
 from . import kan_vgg
 from . import kan_resnet, kan_densenet
 from . import kan_unet, kan_u2net
+from . import kan_simple, kan_ckan
