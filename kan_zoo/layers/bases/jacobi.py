@@ -6,10 +6,11 @@ from typing import List
 import torch
 
 from .base import Basis, register_basis
+from .recurrence import Coefficients, RecurrenceFastPath
 
 
 @register_basis
-class JacobiBasis(Basis):
+class JacobiBasis(RecurrenceFastPath, Basis):
     """Jacobi polynomials on t = tanh(x) by the standard three-term recurrence (a = b = 1 default)."""
 
     name = "jacobi"
@@ -27,6 +28,18 @@ class JacobiBasis(Basis):
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x)
+
+    def coefficients(self) -> Coefficients:
+        a, b = self.a, self.b
+        coeffs = [((a + b + 2) / 2, (a - b) / 2, 0.0)]
+        for i in range(2, self.degree + 1):
+            s = 2 * i + a + b
+            coeffs.append((
+                s * (s - 1) / (2 * i * (i + a + b)),
+                (s - 1) * (a * a - b * b) / (2 * i * (i + a + b) * (s - 2)),
+                (i + a - 1) * (i + b - 1) * s / (i * (i + a + b) * (s - 2)),
+            ))
+        return coeffs
 
     def expand(self, t: torch.Tensor) -> List[torch.Tensor]:
         a, b = self.a, self.b

@@ -6,10 +6,11 @@ from typing import List
 import torch
 
 from .base import Basis, register_basis
+from .recurrence import Coefficients, RecurrenceFastPath
 
 
 @register_basis
-class LegendreBasis(Basis):
+class LegendreBasis(RecurrenceFastPath, Basis):
     """P_{n+1} = ((2n + 1) t P_n - n P_{n-1}) / (n + 1) on t = tanh(x).
 
     Deliberate deviation: the reference rescales x by the min/max of the whole batch, which makes
@@ -25,6 +26,9 @@ class LegendreBasis(Basis):
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x)
+
+    def coefficients(self) -> Coefficients:
+        return [(1.0, 0.0, 0.0)] + [((2 * i - 1) / i, 0.0, (i - 1) / i) for i in range(2, self.degree + 1)]
 
     def expand(self, t: torch.Tensor) -> List[torch.Tensor]:
         polys = [torch.ones_like(t)]

@@ -1,0 +1,70 @@
+"""Fast path shared by the orthogonal-polynomial bases: P_0 = 1, P_1 = a_1 t + g_1,
+P_i = (a_i t + g_i) P_{i-1} - c_i P_{i-2}.
+
+The fused expand+conv node (kan_zoo.layers.fused) calls expand_into / expand_backward instead of
+replaying ``expand`` under autograd: the forward writes each P_i straight into its slot of the
+stacked tensor, and the backward runs the recurrence's adjoint in a few passes per degree.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+Coefficients = List[Tuple[float, float, float]]  # (a_i, g_i, c_i) for i = 1..degree; c_1 is unused
+
+
+class RecurrenceFastPath:
+    """Mixin for a Basis whose ``expand`` is the three-term recurrence given by :meth:`coefficients`."""
+
+    degree: int
+
+    def coefficients(self) -> Coefficients:
+        raise NotImplementedError
+
+    def _linear(self, t: torch.Tensor, a: float, g: float) -> torch.Tensor:
+        out = t * a if a != 1 else t.clone()
+        return out.add_(g) if g else out
+
+    def _polys(self, t: torch.Tensor) -> List[Optional[torch.Tensor]]:
+        """[None (P_0 = 1), P_1, ..., P_D], in t's layout."""
+        coeffs = self.coefficients()
+        polys: List[Optional[torch.Tensor]] = [None]
+        if self.degree >= 1:
+            polys.append(self._linear(t, *coeffs[0][:2]))
+        for i in range(2, self.degree + 1):
+            a, g, c = coeffs[i - 1]
+            p = self._linear(t, a, g).mul_(polys[-1])
+            p = p.sub_(c) if polys[-2] is None else p.sub_(polys[-2], alpha=c)
+            polys.append(p)
+        return polys
+
+    def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
+        groups = out.shape[1]
+        out[:, :, 0].fill_(1)
+        for i, p in enumerate(self._polys(t)[1:], start=1):
+            out[:, :, i].copy_(p.unflatten(1, (groups, -1)))
+
+    def expand_backward(self, t: torch.Tensor, grad_out: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """With adj_i = dL/dP_i over all paths: adj_{i-1} += (a_i t + g_i) adj_i, adj_{i-2} -= c_i adj_i,
+        dL/dt += a_i adj_i P_{i-1}; the slices of grad_out are read, never written."""
+        if self.degree == 0:
+            return torch.zeros_like(t), {}
+        coeffs = self.coefficients()
+        polys = self._polys(t)
+        adj: List[torch.Tensor] = [grad_out[:, :, i].reshape(t.shape) for i in range(self.degree + 1)]
+        fresh = [False] * (self.degree + 1)  # adj[i] is our own tensor (may be updated in place)
+        grad_t: Optional[torch.Tensor] = None
+        for i in range(self.degree, 1, -1):
+            a, g, c = coeffs[i - 1]
+            adj_i = adj[i]
+            grad_t = adj_i * polys[i - 1] * a if grad_t is None else grad_t.addcmul_(adj_i, polys[i - 1], value=a)
+            step = self._linear(t, a, g).mul_(adj_i)
+            adj[i - 1] = adj[i - 1].add_(step) if fresh[i - 1] else step.add_(adj[i - 1])
+            fresh[i - 1] = True
+            if i - 2 >= 1:
+                adj[i - 2] = adj[i - 2].sub_(adj_i, alpha=c) if fresh[i - 2] else torch.sub(adj[i - 2], adj_i, alpha=c)
+                fresh[i - 2] = True
+        a1 = coeffs[0][0]
+        grad_t = adj[1] * a1 if grad_t is None else grad_t.add_(adj[1], alpha=a1)
+        return grad_t, {}
