@@ -4,6 +4,8 @@ smp's TimmUniversalEncoder builds ``timm.create_model(name, features_only=True, 
 reads the feature reductions: ResNet and DenseNet give strides 2..32 ("traditional" style), VGG gives
 1..32 ("VGG" style, whose stride-1 map smp takes as its first feature). The tiny ``kan_test_vgg_*``
 has three levels (strides 1, 2, 4), so it needs ``encoder_depth=2``; the real VGGs take the default 5.
+Shallower families take the depth their pyramid has (e.g. kan_simple4: strides 1..4, depth 2;
+kan_ckan: strides 2..16, depth 4); ``_depth`` reads it from the feature_info.
 """
 from __future__ import annotations
 
@@ -47,6 +49,8 @@ def test_every_family_and_basis_is_covered():
     assert {"vgg", "resnet", "densenet"} <= families
     assert {f"kan_test_{f}_{b}" for f in families for b in BASES} <= set(TINY)
     assert any("vgg" in n for n in FULL) and any("resnet" in n for n in FULL) and any("densenet" in n for n in FULL)
+    # The classic families give smp its full depth of 5.
+    assert all(_depth(n) == 5 for n in ("kan_vgg11_gram", "kan_resnet18_gram", "kan_densenet121_gram"))
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -64,13 +68,14 @@ def test_tiny_backbone_unet_forward_backward(name):
 
 @pytest.mark.parametrize("name", FULL)
 def test_full_size_backbone_unet_on_meta(name):
-    # Shapes only: the real depth-5 pyramid of every architecture, with no memory or compute.
+    # Shapes only: every architecture's real pyramid at the deepest depth smp can take from it.
+    depth = _depth(name)
     with torch.device("meta"):
-        model = smp.Unet(encoder_name=f"tu-{name}", encoder_weights=None, classes=3)
-        assert _depth(name) == 5
+        model = smp.Unet(encoder_name=f"tu-{name}", encoder_weights=None, encoder_depth=depth,
+                         decoder_channels=(256, 128, 64, 32, 16)[:depth], classes=3)
         info = timm.create_model(name, features_only=True).feature_info
         vgg_style = info.reduction()[0] == 1
-        assert model.encoder.out_channels == ([] if vgg_style else [3]) + info.channels()
+        assert model.encoder.out_channels == ([] if vgg_style else [3]) + info.channels()[: depth + vgg_style]
         with torch.no_grad():
             assert model.eval()(torch.empty(1, 3, 64, 96)).shape == (1, 3, 64, 96)
 
