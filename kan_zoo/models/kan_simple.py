@@ -47,14 +47,15 @@ class ClassifierHeadKAN(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.in_features = in_features
-        self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=True)
+        # No pooling ('') leaves the feature map as it is (timm's convention after pruning).
+        self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
         self.act = KANActivation(in_features, **act, **dd) if act is not None else nn.Identity()
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
     def reset(self, num_classes: int, pool_type: Optional[str] = None) -> None:
         if pool_type is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=True)
+            self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
         dd = get_device_dtype(self.fc if isinstance(self.fc, nn.Linear) else self.drop)
         self.fc = nn.Linear(self.in_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
