@@ -85,7 +85,8 @@ def run(bases: Sequence[str], epochs: int, img_size: int, workdir: Path, seed: i
 
 
 def table(rows: List[Dict[str, object]], img_size: int) -> str:
-    lines = [f"| model | test accuracy (%) | parameters | inference time vs conv ({img_size} px, CPU) | train time (s) |",
+    lines = [f"| model | test accuracy (%) | parameters | inference time vs conv ({img_size} px, CPU) "
+             "| train time (s) |",
              "| --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['accuracy']:.2f} | {r['params']:,} | {r['relative_time']:.2f}x | "

@@ -34,7 +34,7 @@ then fits the same grid and solves the same systems, so the replicas stay identi
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -251,13 +251,16 @@ def update_grids(
     grow: int = 0,
     max_grid_size: Optional[int] = None,
     all_gather: Optional[AllGather] = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> Dict[str, bool]:
     """Runs ``model(x)`` once, collecting each grid layer's input, then updates every grid layer.
 
     Each layer's new size is ``grid_size``, else its current size + ``grow``, capped at
     ``max_grid_size``. Returns {layer name: whether its parameters were replaced}. All processes
     must call this together when ``all_gather`` is given (it gathers once per layer, in order).
+    ``kwargs`` go to :func:`update_grid` (margin, grid_eps, max_samples). Pass the unwrapped model
+    (not the DDP wrapper); it runs in eval mode, so BatchNorm layers use their running statistics.
+    Layers the forward pass does not reach are left alone.
     """
     layers = grid_layers(model)
     samples: Dict[str, torch.Tensor] = {}
@@ -279,6 +282,8 @@ def update_grids(
             h.remove()
     replaced = {}
     for name, layer in layers:
+        if name not in samples:
+            continue
         size = grid_size if grid_size is not None else layer.basis.grid_size + grow
         if max_grid_size is not None:
             size = min(size, max(max_grid_size, layer.basis.grid_size))
@@ -290,17 +295,20 @@ class GridUpdater:
     """The training option: every ``every`` optimizer updates, refit the grids on the current batch.
 
     ``grow`` cells are added per update up to ``max_grid_size``. ``maybe_update`` returns True when
-    some parameters were replaced, i.e. the optimizer (and DDP wrapper) must be rebuilt.
+    some parameters were replaced, i.e. the optimizer (and DDP wrapper) must be rebuilt. After any
+    update an EMA copy of the model holds the old grid: re-set it from the model (ModelEmaV3.set).
+    A checkpoint written after a grow only loads into a model created with the grown grid_size.
     """
 
     def __init__(self, every: int, grow: int = 0, max_grid_size: Optional[int] = None,
-                 all_gather: Optional[AllGather] = None, **kwargs) -> None:
+                 all_gather: Optional[AllGather] = None, **kwargs: Any) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.every, self.grow, self.max_grid_size = every, grow, max_grid_size
         self.all_gather, self.kwargs = all_gather, kwargs
 
     def maybe_update(self, model: nn.Module, step: int, x: torch.Tensor) -> bool:
+        """Refits the grids when ``step`` (optimizer updates so far) is a multiple of ``every``."""
         if step <= 0 or step % self.every:
             return False
         replaced = update_grids(model, x, grow=self.grow, max_grid_size=self.max_grid_size,
