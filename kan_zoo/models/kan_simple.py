@@ -53,11 +53,12 @@ class ClassifierHeadKAN(nn.Module):
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
-    def reset(self, num_classes: int, pool_type: Optional[str] = None) -> None:
+    def reset(self, num_classes: int, pool_type: Optional[str] = None, device: Any = None, dtype: Any = None) -> None:
         if pool_type is not None:
             self.global_pool = SelectAdaptivePool2d(pool_type=pool_type, flatten=bool(pool_type))
-        dd = get_device_dtype(self.fc if isinstance(self.fc, nn.Linear) else self.drop)
+        dd = dict(device=device, dtype=dtype)
         self.fc = nn.Linear(self.in_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.fc.train(self.training)
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.drop(self.act(self.global_pool(x)))
@@ -94,7 +95,8 @@ class StagedClassifier(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
-        self.head.reset(num_classes, global_pool)
+        # The new fc follows the model's device and dtype (a float64 or meta model keeps its kind).
+        self.head.reset(num_classes, global_pool, **get_device_dtype(self))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
