@@ -138,3 +138,18 @@ def test_update_grids_on_a_model_and_the_training_option():
     assert updater.maybe_update(model, 4, x) is False  # at the cap: refit in place
     model(x).sum().backward()  # still trains
     assert all(m.weight.grad is not None for _, m in layers)
+
+
+@pytest.mark.parametrize("basis", GRID_BASES)
+def test_refitted_grid_reaches_every_code_path(basis):
+    # Non-uniform knots, moved centres and per-channel phases must be read by the fused
+    # expand+conv node (used under autograd) just as by the plain path (no grad).
+    layer = _layer("conv", basis)
+    x = torch.randn(8, 4, 6, 6).exp()
+    update_grid(layer, x, grid_size=9)
+    with torch.no_grad():
+        plain = layer(x)
+    fused = layer(x.requires_grad_())
+    torch.testing.assert_close(fused.detach(), plain, rtol=1e-4, atol=1e-5)
+    fused.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
