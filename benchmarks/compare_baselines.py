@@ -67,10 +67,12 @@ def run(bases: Sequence[str], epochs: int, img_size: int, workdir: Path, seed: i
     for basis in ("conv", *[b for b in bases if b != "conv"]):
         name = f"kan_simple4_{basis}"
         out = workdir / f"{name}_{img_size}px_{epochs}ep_s{seed}"
-        start = time.time()
-        if not (out / "export" / "config.json").exists():
+        timing = out / "train_seconds.txt"
+        if not (out / "export" / "config.json").exists() or not timing.exists():
+            start = time.time()
             train_main(train_args(name, data, out, epochs, img_size, seed))
-        train_s = time.time() - start
+            timing.write_text(f"{time.time() - start:.1f}")
+        train_s = float(timing.read_text())  # a finished run is reused, with its own time
         acc, n = evaluate_folder(out / "export", data, "test")
         model = timm.create_model(name, num_classes=10, in_chans=1)
         params = sum(p.numel() for p in model.parameters())
