@@ -219,3 +219,13 @@ def test_clear_errors():
         timm.create_model(TINY, decoder_channels=(8,))
     with pytest.raises(ValueError, match="no global pool"):
         model.reset_classifier(2, "avg")
+
+
+def test_own_segmentation_weights_load_through_timm(tmp_path):
+    # No published weights, but a trained model's file loads on the usual timm path.
+    trained = timm.create_model(TINY, in_chans=1)
+    path = tmp_path / "unet.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(path))
+    loaded = timm.create_model(TINY, in_chans=1, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    for key, value in trained.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
