@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The seed's KAN-vs-CNN table on the bundled digits: accuracy, parameters, relative inference time.
 
-    python benchmarks/compare_baselines.py                       # plain conv + gram, chebyshev, bspline, rbf
+    python benchmarks/compare_baselines.py                       # plain conv + gram, chebyshev, bspline, rbf, relu
     python benchmarks/compare_baselines.py --bases gram relu --epochs 10
 
 Each ``kan_simple4_<basis>`` (and the plain-conv twin ``kan_simple4_conv``) is trained with
@@ -98,9 +98,9 @@ def table(rows: List[Dict[str, object]], img_size: int) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bases", nargs="+", default=["gram", "chebyshev", "bspline", "rbf"],
+    p.add_argument("--bases", nargs="+", default=["gram", "chebyshev", "bspline", "rbf", "relu"],
                    help="KAN bases to compare with the plain conv")
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--img-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--workdir", default="outputs/compare_baselines")
