@@ -1,33 +1,21 @@
 """Jacobi polynomials P^(a, b) (KAJN)."""
 from __future__ import annotations
 
-from typing import List
-
-import torch
-
-from .base import Basis, register_basis
-from .recurrence import Coefficients, RecurrenceFastPath
+from .base import register_basis
+from .recurrence import Coefficients, ThreeTermRecurrenceBasis
 
 
 @register_basis
-class JacobiBasis(RecurrenceFastPath, Basis):
+class JacobiBasis(ThreeTermRecurrenceBasis):
     """Jacobi polynomials on t = tanh(x) by the standard three-term recurrence (a = b = 1 default)."""
 
     name = "jacobi"
-    base_activation = "identity"
 
     def __init__(self, channels: int, degree: int = 3, a: float = 1.0, b: float = 1.0) -> None:
         super().__init__(channels, degree)
         if a <= -1 or b <= -1:
             raise ValueError(f"Jacobi parameters must satisfy a, b > -1, got a={a}, b={b}")
         self.a, self.b = float(a), float(b)
-
-    @property
-    def num_functions(self) -> int:
-        return self.degree + 1
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(x)
 
     def coefficients(self) -> Coefficients:
         a, b = self.a, self.b
@@ -40,19 +28,6 @@ class JacobiBasis(RecurrenceFastPath, Basis):
                 (i + a - 1) * (i + b - 1) * s / (i * (i + a + b) * (s - 2)),
             ))
         return coeffs
-
-    def expand(self, t: torch.Tensor) -> List[torch.Tensor]:
-        a, b = self.a, self.b
-        polys = [torch.ones_like(t)]
-        if self.degree >= 1:
-            polys.append(((a - b) + (a + b + 2) * t) / 2)
-        for i in range(2, self.degree + 1):
-            s = 2 * i + a + b
-            theta = s * (s - 1) / (2 * i * (i + a + b))
-            theta1 = (s - 1) * (a * a - b * b) / (2 * i * (i + a + b) * (s - 2))
-            theta2 = (i + a - 1) * (i + b - 1) * s / (i * (i + a + b) * (s - 2))
-            polys.append((theta * t + theta1) * polys[-1] - theta2 * polys[-2])
-        return polys
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, a={self.a}, b={self.b}"

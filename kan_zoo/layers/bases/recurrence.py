@@ -1,9 +1,10 @@
-"""Fast path shared by the orthogonal-polynomial bases: P_0 = 1, P_1 = a_1 t + g_1,
-P_i = (a_i t + g_i) P_{i-1} - c_i P_{i-2}.
+"""The orthogonal-polynomial bases defined by a three-term recurrence: P_0 = 1, P_1 = a_1 t + g_1,
+P_i = (a_i t + g_i) P_{i-1} - c_i P_{i-2} on t = tanh(x).
 
-The fused expand+conv node (kan_zoo.layers.fused) calls expand_into / expand_backward instead of
-replaying ``expand`` under autograd: the forward writes each P_i straight into its slot of the
-stacked tensor, and the backward runs the recurrence's adjoint in a few passes per degree.
+A basis of this kind only lists its coefficients; ``expand`` (autograd path) and the fused
+expand+conv node's fast path (kan_zoo.layers.fused) both derive from them. The fast path writes
+each P_i straight into its slot of the stacked tensor, and its backward runs the recurrence's
+adjoint in a few passes per degree instead of replaying ``expand`` under autograd.
 """
 from __future__ import annotations
 
@@ -11,16 +12,38 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from .base import Basis
+
 Coefficients = List[Tuple[float, float, float]]  # (a_i, g_i, c_i) for i = 1..degree; c_1 is unused
 
 
-class RecurrenceFastPath:
-    """Mixin for a Basis whose ``expand`` is the three-term recurrence given by :meth:`coefficients`."""
+class ThreeTermRecurrenceBasis(Basis):
+    """A Basis whose functions P_0..P_degree follow the recurrence given by :meth:`coefficients`."""
 
-    degree: int
+    base_activation = "identity"
+
+    @property
+    def num_functions(self) -> int:
+        return self.degree + 1
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x)
 
     def coefficients(self) -> Coefficients:
         raise NotImplementedError
+
+    def expand(self, t: torch.Tensor) -> List[torch.Tensor]:
+        # Out of place so autograd can differentiate it; unit and zero coefficients are skipped so
+        # e.g. Chebyshev's 2 t T_{i-1} - T_{i-2} rounds exactly as the reference formula.
+        polys = [torch.ones_like(t)]
+        for i, (a, g, c) in enumerate(self.coefficients(), start=1):
+            p = t * a if a != 1 else t
+            p = p + g if g else p
+            if i >= 2:
+                p = p * polys[-1]
+                p = p - (polys[-2] * c if c != 1 else polys[-2]) if c else p
+            polys.append(p)
+        return polys
 
     def _linear(self, t: torch.Tensor, a: float, g: float) -> torch.Tensor:
         out = t * a if a != 1 else t.clone()
