@@ -97,6 +97,12 @@ PRETRAINED_WEIGHTS: Dict[str, Dict[str, Any]] = {
         hf_hub_id="brivangl/vgg_kagn11_v2", top1=59.10, top5=82.29, params=24_652_420,
     ),
 }
+# How the reference trained them (torch-conv-kan's imagenet1k config); it goes into the model cards.
+REFERENCE_RECIPE = (
+    "torch-conv-kan's ImageNet-1k recipe (the reference's, not re-run here): AdamW, lr 9e-4, weight decay "
+    "5e-6, 7500 linear warmup steps, polynomial decay (power 0.3) to 1e-7, label smoothing 0.05, "
+    "200 epochs at 224 px"
+)
 
 
 @register_notrace_module
@@ -406,9 +412,15 @@ def _pretrained_cfg(tag_name: str) -> Dict[str, Any]:
             f"ImageNet-1k weights of torch-conv-kan's {repo.split('/')[1]} (MIT licence, Ivan Drokin), "
             f"converted on load to kan_zoo's layout"
         ),
+        # "key: value" notes are what kan_zoo.hub.pretrained_model_card reads (see its CARD_NOTE_KEYS);
+        # notes, unlike extra keys, survive PretrainedCfg(**cfg) and a config.json round trip.
         notes=(
-            f"ImageNet-1k val top-1 {w['top1']:.2f}, top-5 {w['top5']:.2f} (224 px, reported by the authors)",
-            f"parameters: {w['params']:,}",
+            "dataset: ImageNet-1k",
+            f"top1: {w['top1']:.2f}",
+            f"top5: {w['top5']:.2f}",
+            "metrics: ImageNet-1k validation set, 224 px (resize 256, centre crop 224), reported by the authors",
+            f"params: {w['params']:,}",
+            f"recipe: {REFERENCE_RECIPE}",
             f"source: https://huggingface.co/{repo}",
             "licence: MIT (torch-conv-kan, Copyright (c) 2024 Ivan Drokin)",
         ),
