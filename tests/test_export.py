@@ -89,14 +89,7 @@ def test_each_family_exports(tmp_path, name):
     import timm
 
     model = _randomize(timm.create_model(name, num_classes=4)).eval()
-    try:
-        path = export_onnx(model, tmp_path / f"{name}.onnx")
-    except ExportError as e:
-        if "fixes the batch size" not in str(e):
-            raise
-        # kan_vgg's input check reads int(x.shape[0]); until it stops, a fixed-batch graph must still be right.
-        path = export_onnx(model, tmp_path / f"{name}.onnx", dynamic_batch=False)
-        pytest.xfail(f"{name}: only a fixed-batch ONNX graph (model code specializes the batch size)")
+    path = export_onnx(model, tmp_path / f"{name}.onnx")  # dynamic batch: traced with 2, checked with 3
     assert check_onnx(model, path, batch_size=1) < RTOL
     program = export_program(model)
     x = torch.randn(3, *model.pretrained_cfg["input_size"])

@@ -138,14 +138,16 @@ def check_vgg_input(
             f"KanVgg was built for in_chans={in_chans} input channels, got an input with {x.shape[1]} "
             f"channels (shape {tuple(x.shape)}); create the model with in_chans={x.shape[1]}"
         )
-    batch, height, width = int(x.shape[0]), int(x.shape[2]), int(x.shape[3])
-    final_h, final_w = height >> num_pools, width >> num_pools
+    # No int(): under torch.export / ONNX export the sizes stay symbolic, and the batch is read only
+    # when BatchNorm trains, so an eval-mode graph keeps its batch dimension dynamic.
+    height, width = x.shape[2], x.shape[3]
+    final_h, final_w = height // 2**num_pools, width // 2**num_pools
     why = ""
     if min(final_h, final_w) < 1:
         why = ""
     elif last_norm == "instance" and final_h * final_w < 2:
         why = " and InstanceNorm needs more than one spatial element"
-    elif last_norm == "batch" and training and batch * final_h * final_w < 2:
+    elif last_norm == "batch" and training and x.shape[0] * final_h * final_w < 2:
         why = " and BatchNorm in training needs more than one value per channel (or use a batch of >= 2)"
     else:
         return x

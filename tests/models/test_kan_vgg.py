@@ -219,3 +219,28 @@ def test_too_small_input_names_the_minimum(tiny):
         assert bn(torch.empty(2, 3, 32, 32, device="meta")).shape == (2, 1000)
         with pytest.raises(ValueError, match=r"BatchNorm in training.*minimum input size is 64x64"):
             bn(torch.empty(1, 3, 32, 32, device="meta"))
+
+
+def test_input_check_keeps_the_batch_dynamic(tiny):
+    # The check reads no int(x.shape[0]): torch.export and dynamo keep a symbolic batch, and still raise.
+    x = torch.randn(2, 3, 16, 16)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(tiny, (x,), dynamic_shapes=({0: batch},))
+    with torch.no_grad():
+        for n in (1, 5):
+            xn = torch.randn(n, 3, 16, 16)
+            torch.testing.assert_close(program.module()(xn), tiny(xn))
+    with pytest.raises(ValueError, match=r"in_chans=3.*4 channels"):
+        torch.export.export(tiny, (torch.randn(2, 4, 16, 16),), dynamic_shapes=({0: batch},))
+    with pytest.raises(ValueError, match=r"minimum input size is 4x4"):
+        torch.export.export(tiny, (torch.randn(2, 3, 2, 2),), dynamic_shapes=({0: batch},))
+    compiled = torch.compile(tiny, backend="eager", dynamic=True)
+    with torch.no_grad():
+        for n in (2, 3):
+            xn = torch.randn(n, 3, 16, 16)
+            torch.testing.assert_close(compiled(xn), tiny(xn))
+        with pytest.raises(ValueError, match=r"minimum input size is 4x4"):
+            compiled(torch.randn(3, 3, 2, 2))
+    bn = timm.create_model("kan_test_vgg_gram").train()  # BatchNorm in training: the batch is read
+    with pytest.raises(ValueError, match=r"BatchNorm in training.*minimum input size is 8x8"):
+        torch.compile(bn, backend="eager", dynamic=True)(torch.randn(1, 3, 4, 4))
