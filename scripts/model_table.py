@@ -9,17 +9,10 @@ Models are discovered with ``timm.list_models('kan_*')`` (the tiny ``kan_test_*`
 and anything without a classifier in its pretrained cfg are left out), so a new family appears here
 without edits.
 
-How the numbers are made, and why it costs seconds rather than hours on a laptop CPU:
-  * every model is built on the meta device (shapes only, no memory, no init cost);
-  * params: the sum of its parameters' sizes;
-  * MACs: one forward of a meta tensor (1 x C x S x S, S = 224 by default) under
-    ``torch.utils.flop_counter.FlopCounterMode``, which counts from the real op shapes: the same code
-    path as a real forward, for every model and every basis, with no arithmetic done. MACs = FLOPs / 2.
-    The counter sees matrix products and convolutions only. That is what dominates the polynomial,
-    spline, rbf and relu bases (the basis evaluation is O(K) elementwise ops per input element,
-    against O(K x C_out x k^2) MACs of the conv that follows). It is NOT what dominates the wavelet
-    basis: its elementwise wavelet evaluation runs over (C_out / groups) x C_in x H x W elements per
-    layer and is not in its GMACs figure.
+How the numbers are made, and why it costs seconds rather than hours on a laptop CPU: see
+``kan_zoo.complexity.measure`` (meta-device build; params: the sum of its parameters' sizes; MACs:
+one meta forward of 1 x C x S x S, S = 224 by default, under ``FlopCounterMode``: convolutions and
+matrix products only, so the wavelet basis's elementwise evaluation is not in its GMACs figure).
 """
 from __future__ import annotations
 
@@ -29,10 +22,9 @@ import sys
 from typing import Dict, List, Optional, Tuple
 
 import timm
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import kan_zoo
+from kan_zoo import complexity
 from kan_zoo.layers import BASES
 
 
@@ -57,18 +49,8 @@ def split_name(name: str) -> Tuple[str, str]:
 
 def measure(name: str, img_size: int = 224) -> Tuple[int, Optional[float]]:
     """(parameter count, GMACs at img_size px or None where the meta forward is not supported)."""
-    with torch.device("meta"):
-        model = timm.create_model(name).eval()
-    params = sum(p.numel() for p in model.parameters())
-    x = torch.empty(1, model.pretrained_cfg["input_size"][0], img_size, img_size, device="meta")
-    try:
-        # no_grad: inference MACs, and it keeps every layer on its plain (meta-capable) path.
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(x)
-    except (RuntimeError, NotImplementedError, ValueError) as e:
-        print(f"warning: no MACs for {name}: {e}", file=sys.stderr)
-        return params, None
-    return params, counter.get_total_flops() / 2 / 1e9
+    # The counter lives in the package so the model cards (kan_zoo.hub) print the same numbers.
+    return complexity.measure(name, img_size)
 
 
 def _fmt(params: int, gmacs: Optional[float]) -> str:

@@ -8,7 +8,7 @@ The folder holds ``model.safetensors``, a timm ``config.json`` and a ``README.md
 with ``timm.create_model("local-dir:<folder>" or "hf-hub:<repo>", pretrained=True)`` and with
 transformers' ``AutoModelForImageClassification``. Command line: ``python -m kan_zoo.hub --help``.
 """
-from ._card import make_model_card
+from ._card import check_model_cards, make_model_card, model_card_files, pretrained_model_card, write_model_cards
 from ._errors import (
     CheckpointMismatchError,
     CorruptCheckpointError,
@@ -24,5 +24,5 @@ __all__ = [
     "export_to_folder", "push_to_hub", "load_checkpoint_strict", "create_pretrained_model",
     "create_model_checked", "read_safetensors", "build_config", "export_state_dict", "make_model_card",
     "HubError", "CorruptCheckpointError", "CheckpointMismatchError", "HubFileNotCachedError",
-    "UnknownModelError",
+    "UnknownModelError", "pretrained_model_card", "model_card_files", "check_model_cards", "write_model_cards",
 ]

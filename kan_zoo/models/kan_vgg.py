@@ -445,26 +445,10 @@ default_cfgs = generate_default_cfgs({
 
 
 def pretrained_model_card(tag: str) -> str:
-    """Markdown model card of a pretrained tag: source, licence, accuracy, size, preprocessing, usage."""
-    from ..hub._card import KAN_CITATION, KAN_CONV_CITATION
+    """Markdown model card of a pretrained tag; kept for callers, the card writer is in ``kan_zoo.hub``."""
+    from ..hub import pretrained_model_card as card  # lazy: importing the models stays free of the hub package
 
-    w = PRETRAINED_WEIGHTS[tag]
-    cfg = default_cfgs[tag.split(".")[0]].cfgs[tag.split(".")[1]]
-    name, repo = tag.split(".")[0], w["hf_hub_id"]
-    args = {k: v for k, v in MODEL_ARGS[name].items() if k not in ("depths", "widths")}
-    return "\n".join([
-        f"# {tag}", "",
-        f"`{name}` ({args}) with the ImageNet-1k weights of [{repo}](https://huggingface.co/{repo}), "
-        "trained by the [torch-conv-kan](https://github.com/IvanDrokin/torch-conv-kan) project and "
-        "converted to kan_zoo's layout when loaded.", "",
-        "| ImageNet-1k val | top-1 | top-5 | parameters |", "| --- | --- | --- | --- |",
-        f"| 224 px (reported by the authors) | {w['top1']:.2f} | {w['top5']:.2f} | {w['params']:,} |", "",
-        f"Preprocessing: resize {round(cfg.input_size[1] / cfg.crop_pct)}, centre crop {cfg.input_size[1]} "
-        f"(crop_pct {cfg.crop_pct}), {cfg.interpolation}, mean {cfg.mean}, std {cfg.std}.", "",
-        "```python", "import timm, kan_zoo", f'model = timm.create_model("{tag}", pretrained=True).eval()', "```", "",
-        "Licence: MIT, Copyright (c) 2024 Ivan Drokin (torch-conv-kan); the weight values are used unchanged, only re-laid out.", "",
-        "```bibtex", KAN_CITATION, "", KAN_CONV_CITATION, "```", "",
-    ])
+    return card(tag)
 
 
 def _filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
