@@ -24,13 +24,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["measure", "count", "MAC_COUNT_NOTE"]
+__all__ = ["measure", "count", "MAC_COUNT_NOTE", "WAVELET_MAC_NOTE"]
 
-# One sentence for tables and cards that print these numbers.
-MAC_COUNT_NOTE = (
-    "convolutions and matrix products only, counted by FlopCounterMode on the meta device; the wavelet "
-    "basis's elementwise wavelet evaluation is not included"
-)
+# What the MAC figures cover, for tables and cards that print them (the second only where a wavelet layer is).
+MAC_COUNT_NOTE = "convolutions and matrix products only, counted by FlopCounterMode on the meta device"
+WAVELET_MAC_NOTE = "the wavelet basis's elementwise wavelet evaluation is not included"
 
 
 def measure(name: str, img_size: Optional[int] = None) -> Tuple[int, Optional[float]]:

@@ -66,7 +66,9 @@ def _kan_layers(model: nn.Module) -> str | None:
     bases: Counter[str] = Counter()
     for module in model.modules():
         if isinstance(module, KANConvNd):
-            kinds[type(module).__name__] += 1
+            # A private subclass (e.g. a stem variant) is reported as its public base class.
+            cls = next(c for c in type(module).__mro__ if not c.__name__.startswith("_"))
+            kinds[cls.__name__] += 1
             basis = getattr(module, "basis", None)
             bases[getattr(basis, "name", None) or type(basis).__name__] += 1
     if not kinds:
@@ -241,7 +243,7 @@ def _resize_line(cfg: Mapping[str, Any]) -> str:
 
 
 def _card_text(f: _TagFacts) -> str:
-    from ..complexity import MAC_COUNT_NOTE
+    from ..complexity import MAC_COUNT_NOTE, WAVELET_MAC_NOTE
 
     cfg, notes = f.cfg, f.notes
     tag_name = f.tag.split(".", 1)[1]
@@ -260,8 +262,9 @@ def _card_text(f: _TagFacts) -> str:
         lines.append(f"- **KAN layers:** {f.kan}")
     size = " x ".join(str(s) for s in cfg["input_size"])
     gmacs = "n/a" if f.gmacs is None else f"{f.gmacs:.2f}"
+    mac_note = MAC_COUNT_NOTE + (f"; {WAVELET_MAC_NOTE}" if f.kan and "wavelet" in f.kan else "")
     lines += [f"- **Parameters:** {f.params / 1e6:.2f} M ({f.params:,})",
-              f"- **GMACs:** {gmacs} per {size} image ({MAC_COUNT_NOTE})",
+              f"- **GMACs:** {gmacs} per {size} image ({mac_note})",
               f"- **Classes:** {cfg.get('num_classes')}", ""]
 
     lines += ["## Preprocessing", ""] + _input_lines(cfg) + [_resize_line(cfg), ""]
@@ -285,7 +288,11 @@ def _card_text(f: _TagFacts) -> str:
         lines.append(f"- **Weights:** {source}{file}")
     if cfg.get("origin_url"):
         lines.append(f"- **Original code:** {cfg['origin_url']}")
-    lines += [f"- **Licence:** {notes.get('licence') or licence_id}", ""]
+    lines.append(f"- **Licence:** {notes.get('licence') or licence_id}")
+    if cfg.get("paper_ids"):  # a family may cite its topology's paper next to the KAN ones
+        ids = cfg["paper_ids"].split(",") if isinstance(cfg["paper_ids"], str) else cfg["paper_ids"]
+        lines.append(f"- **Papers:** {', '.join(i.strip() for i in ids)}")
+    lines.append("")
 
     if f.other_notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in f.other_notes] + [""]
