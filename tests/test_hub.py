@@ -426,3 +426,12 @@ def test_cli_entry_point_subprocess(tmp_path):
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert "unknown model 'kan_no_such_net'" in proc.stderr and "timm.list_models('kan_*')" in proc.stderr
+
+
+def test_export_drops_the_source_checkpoints_notes():
+    """A pretrained tag's notes state ITS accuracy and size; fine-tuned weights must not inherit them."""
+    model = timm.create_model("kan_test_vgg_gram", num_classes=3)
+    model.pretrained_cfg = {**model.pretrained_cfg, "tag": "in1k", "notes": ("top1: 61.17", "params: 41424516")}
+    config = hub.build_config(model)
+    assert "notes" not in config["pretrained_cfg"] and "tag" not in config["pretrained_cfg"]
+    assert config["architecture"] == "kan_test_vgg_gram" and config["num_classes"] == 3

@@ -22,7 +22,9 @@ __all__ = ["export_to_folder", "build_config", "export_state_dict", "unwrap_mode
 README_NAME = "README.md"
 # Where the source weights came from / what they were called: wrong for the weights we write.
 # (timm's filter drops url/file/hf_hub_id/hf_hub_filename/source; the tag names the source weights too.)
-_STALE_CFG_KEYS = ("tag",)
+# Facts about the SOURCE checkpoint (its tag; notes carry its published accuracy, size, recipe):
+# exported weights are new weights, whose metrics come from export_to_folder(metrics=...).
+_STALE_CFG_KEYS = ("tag", "notes")
 # Overrides that would make loaders fetch weights from somewhere other than the exported folder.
 _FORBIDDEN_OVERRIDES = ("url", "file", "hf_hub_id", "hf_hub_filename", "source", "state_dict")
 
@@ -65,7 +67,7 @@ def build_config(model: nn.Module, pretrained_cfg_overrides: Mapping[str, Any] |
     * ``num_classes`` is removed from ``model_args``. timm takes the class count from the top-level
       ``num_classes`` anyway, while transformers' TimmWrapper passes ``num_classes=`` itself and then
       ``**model_args``, failing with "got multiple values for keyword argument 'num_classes'".
-    * the source checkpoint's ``tag`` is dropped, and ``pretrained_cfg_overrides`` are applied last so
+    * the source checkpoint's ``tag`` and ``notes`` are dropped, and ``pretrained_cfg_overrides`` are applied last so
       they win over values timm derives.
     """
     overrides = dict(pretrained_cfg_overrides or {})
