@@ -14,7 +14,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 
@@ -89,8 +89,11 @@ def resolve_resume(resume: Optional[str], output_dir: Union[str, Path]) -> Optio
 
 
 def save_checkpoint(accelerator: Any, output_dir: Union[str, Path], state: TrainState,
-                    ema: Optional[torch.nn.Module], keep: int) -> Path:
-    """Collective: every process must call it. Returns the final folder."""
+                    ema: Optional[torch.nn.Module], keep: int, extra_files: Optional[Dict[str, str]] = None) -> Path:
+    """Collective: every process must call it. Returns the final folder.
+
+    ``extra_files``: {file name: text} written next to the state by the main process (grid state).
+    """
     from safetensors.torch import save_file
 
     root = _ckpt_dir(Path(output_dir))
@@ -106,6 +109,8 @@ def save_checkpoint(accelerator: Any, output_dir: Union[str, Path], state: Train
             # EMA buffers may share storage with nothing else; clone keeps safetensors happy.
             save_file({k: v.detach().cpu().contiguous().clone() for k, v in ema.state_dict().items()},
                       str(tmp / EMA_FILE))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
     accelerator.wait_for_everyone()
     if accelerator.is_local_main_process:

@@ -70,13 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--model", required=True, help="any registered timm model name (kan_* after import kan_zoo)")
     m.add_argument("--pretrained", action="store_true", help="start from the model's published weights")
-    m.add_argument("--pretrained-file", default=None, help="start from these weights (.safetensors or .pth)")
+    m.add_argument("--pretrained-file", "--pretrained-path", dest="pretrained_file", default=None,
+                   help="start from these weights: a .safetensors / .pth file, or a folder exported by kan_zoo "
+                        "(model.safetensors + config.json), read offline")
     m.add_argument("--reset-head", action="store_true",
                    help="with --pretrained: re-initialise the classifier when its class count differs from the data")
     m.add_argument("--drop-rate", type=float, default=None)
     m.add_argument("--drop-path", type=float, default=None)
     m.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra create_model keyword arguments (values parsed as Python literals)")
+    m.add_argument("--freeze-backbone", action="store_true",
+                   help="train only the classifier (get_classifier()); the frozen part's norm layers stay in "
+                        "eval mode, so their running statistics do not move either")
     m.add_argument("--grad-checkpointing", action="store_true")
     m.add_argument("--compile", action="store_true", help="torch.compile the model (inductor)")
 
@@ -91,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--momentum", type=float, default=0.9)
     o.add_argument("--opt-eps", type=float, default=None)
     o.add_argument("--opt-betas", **_floats(2), default=None)
+    o.add_argument("--layer-decay", type=float, default=None,
+                   help="layer-wise lr decay (timm, via the model's group_matcher): layer i of n gets "
+                        "lr * decay**(n-1-i), the head the full lr")
+    o.add_argument("--basis-lr-mult", type=float, default=1.0,
+                   help="lr multiplier of the KAN basis coefficients (and basis parameters) vs other weights")
+    o.add_argument("--basis-wd-mult", type=float, default=1.0,
+                   help="weight-decay multiplier of the KAN basis coefficients vs other weights")
     o.add_argument("--clip-grad", type=float, default=2.0, help="max gradient norm (0 = off)")
     o.add_argument("--sched", default="poly", help="timm scheduler: poly, cosine, step, ...")
     o.add_argument("--poly-power", type=float, default=0.3, help="power of the poly decay")
@@ -107,6 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--model-ema-warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="ramp the EMA decay up over the first updates")
     o.add_argument("--seed", type=int, default=42)
+
+    k = p.add_argument_group("KAN training aids (kan_zoo.regularizers, kan_zoo.grid)")
+    k.add_argument("--reg-smoothness", type=float, default=0.0,
+                   help="weight of the squared second differences of the basis coefficients (0 = off)")
+    k.add_argument("--reg-l1-weights", type=float, default=0.0, help="weight of mean |basis coefficient| (0 = off)")
+    k.add_argument("--reg-act-l1", type=float, default=0.0, help="weight of mean |KAN layer output| (0 = off)")
+    k.add_argument("--reg-act-l2", type=float, default=0.0, help="weight of mean KAN layer output^2 (0 = off)")
+    k.add_argument("--grid-update-every", type=int, default=0,
+                   help="refit the grids of bspline/rbf/relu KAN layers to the current batch every N updates "
+                        "(0 = off); the EMA restarts from the model's weights after each refit")
+    k.add_argument("--grid-grow", type=int, default=0,
+                   help="grid cells added per refit (single process only: it replaces parameters)")
+    k.add_argument("--grid-max-size", type=int, default=None, help="cap of the grid size when growing")
+    k.add_argument("--grid-eps", type=float, default=0.02,
+                   help="bspline knots: 1 = uniform over the input range, 0 = input quantiles")
 
     c = p.add_argument_group("checkpoints, logging, export")
     c.add_argument("--output", default="outputs/train", help="run directory (checkpoints, logs, export)")
@@ -135,6 +162,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for name in ("epochs", "batch_size", "val_batch_size", "grad_accum", "img_size", "keep_checkpoints"):
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("reg_smoothness", "reg_l1_weights", "reg_act_l1", "reg_act_l2", "grid_update_every",
+                 "grid_grow", "basis_wd_mult"):
+        if getattr(args, name) < 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.basis_lr_mult <= 0:
+        raise SystemExit(f"error: --basis-lr-mult must be > 0, got {args.basis_lr_mult}")
+    if args.layer_decay is not None and not 0 < args.layer_decay <= 1:
+        raise SystemExit(f"error: --layer-decay must be in (0, 1], got {args.layer_decay}")
+    if not 0 <= args.grid_eps <= 1:
+        raise SystemExit(f"error: --grid-eps must be in [0, 1], got {args.grid_eps}")
+    if (args.grid_grow or args.grid_max_size is not None) and not args.grid_update_every:
+        raise SystemExit("error: --grid-grow / --grid-max-size need --grid-update-every N > 0")
     if args.mixup > 0 or args.cutmix > 0:
         if args.batch_size % 2:
             raise SystemExit("error: mixup/cutmix need an even --batch-size")

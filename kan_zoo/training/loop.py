@@ -1,13 +1,14 @@
 """One training epoch and one evaluation pass."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
 import signal
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -74,6 +75,9 @@ class LoopContext:
     # Running sums stay on the device: reading them every batch would stall a GPU pipeline.
     local_bad: Any = 0  # unreadable images seen by this process since the last reduce
     window: Dict[str, Any] = field(default_factory=lambda: {"loss": 0.0, "n": 0})
+    regs: Optional[Any] = None  # kan_zoo.regularizers.RegularizerSet, attached to the unwrapped model
+    grid: Optional[Any] = None  # aids.GridRefresher
+    frozen_norms: List[torch.nn.Module] = field(default_factory=list)  # --freeze-backbone: kept in eval
 
 
 def _seed_batch(seed: int, epoch: int, batch: int, rank: int) -> None:
@@ -95,12 +99,19 @@ def sync_bad_count(ctx: LoopContext) -> None:
 
 def checkpoint(ctx: LoopContext) -> None:
     sync_bad_count(ctx)
-    save_checkpoint(ctx.accelerator, ctx.args.output, ctx.state, ctx.ema, ctx.args.keep_checkpoints)
+    extra = None
+    if ctx.grid is not None:  # grid sizes and attributes live outside state_dict()
+        from .aids import GRID_STATE_FILE, grid_state
+
+        extra = {GRID_STATE_FILE: json.dumps(grid_state(ctx.accelerator.unwrap_model(ctx.model)), indent=1)}
+    save_checkpoint(ctx.accelerator, ctx.args.output, ctx.state, ctx.ema, ctx.args.keep_checkpoints, extra)
 
 
 def train_one_epoch(ctx: LoopContext, loader: Iterable, progress: Any) -> None:
     acc, args, state, model = ctx.accelerator, ctx.args, ctx.state, ctx.model
     model.train()
+    for m in ctx.frozen_norms:  # --freeze-backbone: the frozen part's running stats stay put
+        m.eval()
     unwrapped = acc.unwrap_model(model)
     for batch in loader:
         _seed_batch(args.seed, state.epoch, state.batch_in_epoch, acc.process_index)
@@ -115,7 +126,15 @@ def train_one_epoch(ctx: LoopContext, loader: Iterable, progress: Any) -> None:
             loss = ctx.criterion(out.float(), target)
             # a placeholder batch (every image unreadable) still runs, with zero weight
             loss = loss * batch["valid"].any().to(loss.dtype)
-            acc.backward(loss)
+            total = loss
+            if ctx.regs is not None:
+                # always called (it also clears the hooks' activation terms); logged apart from the task loss
+                reg = ctx.regs.losses()
+                for name, term in reg.items():
+                    total = total + term
+                    key = f"reg_{name}"
+                    ctx.window[key] = ctx.window.get(key, 0.0) + term.detach()
+            acc.backward(total)
             if acc.sync_gradients and args.clip_grad > 0:
                 acc.clip_grad_norm_(model.parameters(), args.clip_grad)
             ctx.optimizer.step()
@@ -131,6 +150,8 @@ def train_one_epoch(ctx: LoopContext, loader: Iterable, progress: Any) -> None:
         ctx.scheduler.step_update(num_updates=state.global_step)
         if ctx.ema is not None:
             ctx.ema.update(unwrapped, step=state.global_step)
+        if ctx.grid is not None:  # after the step, on this batch's images (before mixup)
+            ctx.grid(unwrapped, ctx.optimizer, ctx.ema, state.global_step, batch["image"])
         if state.global_step % args.log_every == 0:
             _log_train(ctx, progress)
         if args.checkpoint_steps and state.global_step % args.checkpoint_steps == 0:
@@ -146,14 +167,30 @@ def train_one_epoch(ctx: LoopContext, loader: Iterable, progress: Any) -> None:
                             f"continue with --resume")
 
 
+def scheduled_lr(optimizer: Any) -> float:
+    """The scheduler's lr, before any group's lr_scale (basis multiplier, layer decay)."""
+    group = optimizer.param_groups[0]
+    scale = group.get("lr_scale", 1.0)
+    return group["lr"] / scale if scale else group["lr"]
+
+
 def _log_train(ctx: LoopContext, progress: Any) -> None:
     n = max(ctx.window["n"], 1)
-    lr = ctx.optimizer.param_groups[0]["lr"]
+    lr = scheduled_lr(ctx.optimizer)
     metrics = {"train/loss": float(ctx.window["loss"]) / n, "train/lr": lr, "train/epoch": ctx.state.epoch}
+    regs = {k: float(v) / n for k, v in ctx.window.items() if k.startswith("reg_")}
+    for k, v in regs.items():
+        metrics[f"train/{k}"] = v
+    if regs:
+        metrics["train/loss_total"] = metrics["train/loss"] + sum(regs.values())
+    if ctx.grid is not None:
+        metrics["train/grid_refits"] = ctx.grid.refits
+    ctx.window.clear()
     ctx.window.update(loss=0.0, n=0)
     ctx.accelerator.log(metrics, step=ctx.state.global_step)
     if progress is not None:
-        progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
+        extra = {k[4:]: f"{v:.3g}" for k, v in regs.items()}
+        progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{lr:.2e}", **extra, refresh=False)
 
 
 @torch.no_grad()

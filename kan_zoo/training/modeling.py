@@ -63,10 +63,9 @@ def create_model(args: Any, num_classes: int, in_chans: int) -> torch.nn.Module:
     if args.pretrained_file:
         import os
 
-        if not os.path.isfile(args.pretrained_file):
-            raise ModelError(f"--pretrained-file {args.pretrained_file!r} does not exist")
-        head = _head_size_in_file(args.pretrained_file, cfg.get("classifier")) or head
-        kwargs["pretrained_cfg_overlay"] = dict(file=os.path.abspath(args.pretrained_file), num_classes=head)
+        weights = resolve_pretrained_path(args.pretrained_file, args.model)
+        head = _head_size_in_file(weights, cfg.get("classifier")) or head
+        kwargs["pretrained_cfg_overlay"] = dict(file=os.path.abspath(weights), num_classes=head)
     if head is not None and head != num_classes and not args.reset_head:
         raise ModelError(f"the pretrained head of {args.model!r} has {head} classes but the data has "
                          f"{num_classes}; pass --reset-head to train a new classifier")
@@ -75,6 +74,36 @@ def create_model(args: Any, num_classes: int, in_chans: int) -> torch.nn.Module:
         return timm.create_model(args.model, pretrained=True, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except Exception as e:
         raise ModelError(f"could not load pretrained weights for {args.model!r}: {type(e).__name__}: {e}") from e
+
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def resolve_pretrained_path(path: str, model_name: str) -> str:
+    """--pretrained-file/--pretrained-path to a weights file.
+
+    A folder is taken as a kan_zoo / timm export (model.safetensors + config.json, what
+    train_imagenet.py writes to OUTPUT/export): its config's architecture must be --model, since
+    timm would otherwise load a state dict into the wrong network and fail far less clearly.
+    Everything is read from disk, so fine-tuning runs offline.
+    """
+    import json
+    import os
+
+    if os.path.isfile(path):
+        return path
+    if not os.path.isdir(path):
+        raise ModelError(f"--pretrained-file {path!r} does not exist")
+    found = [os.path.join(path, f) for f in _WEIGHT_FILES if os.path.isfile(os.path.join(path, f))]
+    if not found:
+        raise ModelError(f"--pretrained-path {path!r} holds no {' or '.join(_WEIGHT_FILES)}")
+    config = os.path.join(path, "config.json")
+    if os.path.isfile(config):
+        with open(config) as f:
+            arch = json.load(f).get("architecture")
+        if arch and arch.split(".")[0] != model_name.split(".")[0]:
+            raise ModelError(f"--pretrained-path {path!r} holds a {arch!r}, not --model {model_name!r}")
+    return found[0]
 
 
 def _pretrained_cfg(name: str) -> Dict[str, Any]:

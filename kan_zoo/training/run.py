@@ -11,6 +11,8 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 
 import torch
 
+from .aids import (GridRefresher, apply_grid_state, build_regularizers, freeze_backbone, group_summary,
+                   optimizer_params, read_grid_state)
 from .checkpoint import CheckpointError, TrainState, list_checkpoints, load_checkpoint, resolve_resume
 from .config import ConfigError, parse_args
 from .data import (Collate, DataError, ImageClassificationDataset, StreamingImageDataset, build_transforms,
@@ -185,6 +187,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         if not hasattr(model, "set_grad_checkpointing"):
             raise ModelError(f"{args.model!r} does not support --grad-checkpointing")
         model.set_grad_checkpointing(True)
+    frozen_norms = freeze_backbone(model) if args.freeze_backbone else []
+    resume_from = resolve_resume(args.resume, out)
+    if resume_from is not None:
+        saved_grid = read_grid_state(resume_from)
+        if saved_grid:  # grown grids must be re-grown before the optimizer and EMA see the parameters
+            apply_grid_state(model, saved_grid)
+    regs = build_regularizers(args, model)  # forward hooks go on before prepare() wraps the model
+    grid = GridRefresher(args, acc, model) if args.grid_update_every else None
     train_tf, eval_tf, data_cfg = build_transforms(args, model, data.in_chans)
     criterion, mixup = _build_criterion(args, data.num_classes)
     train_ds, train_loader, val_loader, batches = _build_loaders(
@@ -197,7 +207,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         opt_kwargs["eps"] = args.opt_eps
     if args.opt_betas is not None:
         opt_kwargs["betas"] = tuple(args.opt_betas)
-    optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+    params = optimizer_params(model, args)
+    if isinstance(params, torch.nn.Module) and args.layer_decay is not None:
+        opt_kwargs["layer_decay"] = args.layer_decay  # timm builds the per-layer groups (group_matcher)
+    optimizer = create_optimizer_v2(params, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum, **opt_kwargs)
     # Schedule in optimizer updates (one "epoch" of the factory = one update), so warmup is exact.
     scheduler, _ = create_scheduler_v2(
@@ -213,7 +226,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         ema.eval()
 
     state = TrainState(model=args.model, num_processes=acc.num_processes, batch_size=args.batch_size)
-    resume_from = resolve_resume(args.resume, out)
     if resume_from is not None:
         state = load_checkpoint(acc, resume_from, model, ema, args.model)
         _adapt_position(acc, state, args, batches)
@@ -237,21 +249,69 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if warn:
         _print(acc, f"warning: {warn}")
     n_params = sum(p.numel() for p in model.parameters())
-    _print(acc, f"{args.model}: {n_params / 1e6:.2f}M parameters, {data.num_classes} classes, {data.in_chans} "
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen_txt = f" ({n_train / 1e6:.4f}M trainable)" if n_train != n_params else ""
+    _print(acc, f"{args.model}: {n_params / 1e6:.2f}M parameters{frozen_txt}, {data.num_classes} classes, {data.in_chans} "
                 f"channel(s), input {tuple(data_cfg['input_size'])}; {data.train_len} training images, "
                 f"{batches} batches x {acc.num_processes} process(es) per epoch, {upe} updates per epoch, "
                 f"{total_updates} in all")
+    if len(optimizer.param_groups) > 1 and (args.layer_decay is not None or args.basis_lr_mult != 1
+                                            or args.basis_wd_mult != 1):
+        _print(acc, "optimizer groups: " + "; ".join(
+            f"{g['name']} lr x{g['lr_scale']:.3g} wd {g['weight_decay']:.2g} ({g['params']} params)"
+            for g in group_summary(optimizer)))
+    if regs is not None:
+        _print(acc, "regularisers: " + ", ".join(f"{k} x{v:g}" for k, v in regs.weights.items()))
 
     # SIGTERM / SIGUSR1 (preemption notices, scancel, kill) -> checkpoint at the next update, then exit.
     ctx = LoopContext(acc, model, optimizer, scheduler, criterion, mixup, ema, args, state, batches,
-                      stop=StopSignal().install())
+                      stop=StopSignal().install(), regs=regs, grid=grid, frozen_norms=frozen_norms)
     try:
         metrics = _train(ctx, args, acc, data, train_ds, train_loader, val_loader, batches)
     finally:
         ctx.stop.uninstall()
     result = _export(args, acc, model, ema, metrics, data, data_cfg)
+    result["optimizer_groups"] = group_summary(optimizer)
+    if grid is not None:
+        result["grid_refits"] = grid.refits
+        _note_grid_export(acc, model, Path(result["export_dir"]), grid.refits)
     acc.end_training()
     return result
+
+
+def _note_grid_export(acc: Any, model: Any, folder: Path, refits: int) -> None:
+    """Saves the grid state next to the export and says when timm alone will not reload it faithfully.
+
+    The export's config.json has no per-layer grid size, and rbf widths / relu bell scales are plain
+    attributes, not state_dict entries: a refitted rbf/relu model, or any grown one, reloads through
+    timm with the architecture's initial values. aids.apply_grid_state(model, json) restores them.
+    """
+    from .aids import GRID_STATE_FILE, grid_state
+
+    if not acc.is_main_process or not refits or not folder.is_dir():
+        return
+    state = grid_state(acc.unwrap_model(model))
+    (folder / GRID_STATE_FILE).write_text(json.dumps(state, indent=1))
+    lossy = [n for n, v in state.items() if {"inv_width", "scale"} & set(v["attrs"])]
+    sizes = {v["grid_size"] for v in state.values()}
+    if lossy or len(sizes) > 1 or (state and _default_grid_sizes(acc.unwrap_model(model)) != sizes):
+        print(f"warning: the grid refits changed state that {folder / 'config.json'} does not carry (grid "
+              f"sizes {sorted(sizes)}, rbf widths / relu scales); timm.create_model('local-dir:...') rebuilds "
+              f"the initial grids. Apply {GRID_STATE_FILE} with kan_zoo.training.aids.apply_grid_state before "
+              f"loading the weights", flush=True)
+
+
+def _default_grid_sizes(model: Any) -> set:
+    import timm
+
+    from .aids import grid_state
+
+    arch = getattr(model, "pretrained_cfg", {}).get("architecture")
+    try:
+        fresh = timm.create_model(arch, num_classes=0) if arch else None
+    except Exception:  # unusual constructor arguments: we cannot tell, so warn
+        return set()
+    return {v["grid_size"] for v in grid_state(fresh).values()} if fresh is not None else set()
 
 
 def _adapt_position(acc: Any, state: TrainState, args: Any, batches: int) -> None:

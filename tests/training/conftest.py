@@ -34,6 +34,12 @@ def tiny_folder(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def two_class_folder(tmp_path_factory) -> Path:
+    """Another task for fine-tuning tests: two classes instead of tiny_folder's three."""
+    return write_image_folder(tmp_path_factory.mktemp("two"), {"train": 8, "validation": 4}, classes=2, seed=1)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_accelerate():
     """main() may run several times in one test process: reset accelerate's singletons each time."""
