@@ -7,7 +7,7 @@ each a two-line function that calls the family's single ``_create_<family>`` bui
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Dict, Iterable
+from typing import Any, Callable, Dict, Iterable, Tuple
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import register_model
@@ -15,7 +15,10 @@ from torch import nn
 
 from ..layers import BASES
 
-__all__ = ["kan_cfg", "register_entry_points", "model_name", "PAPER_IDS", "all_bases"]
+__all__ = [
+    "kan_cfg", "classifier_cfg", "segmentation_cfg", "register_entry_points", "model_name", "arch_variants",
+    "PAPER_IDS", "all_bases",
+]
 
 # Kolmogorov-Arnold Networks (Liu et al. 2024) and Kolmogorov-Arnold Convolutions (Drokin 2024).
 PAPER_IDS = "arXiv:2404.19756,arXiv:2407.01092"
@@ -28,6 +31,11 @@ def all_bases() -> Iterable[str]:
 def model_name(arch: str, basis: str) -> str:
     """kan_<arch><depth>[_<variant>]_<basis>; ``arch`` carries depth and variant, e.g. 'vgg11_slim'."""
     return f"kan_{arch}_{basis}"
+
+
+def arch_variants(archs: Iterable[str]) -> Dict[str, Tuple[str, str]]:
+    """Model name -> (arch, basis) for every arch with every basis: a family's registered names."""
+    return {model_name(arch, basis): (arch, basis) for arch in archs for basis in BASES}
 
 
 def kan_cfg(url: str = "", **kwargs: Any) -> Dict[str, Any]:
@@ -45,6 +53,31 @@ def kan_cfg(url: str = "", **kwargs: Any) -> Dict[str, Any]:
         "paper_ids": PAPER_IDS,
         **kwargs,
     }
+
+
+def classifier_cfg(first_conv: str, classifier: str, paper_id: str, tiny: bool = False) -> Dict[str, Any]:
+    """Cfg of an ImageNet classifier whose topology is the paper ``paper_id``'s (cited with the KAN papers).
+
+    ``tiny``: a contract-test model, evaluated at the 32 px minimum of a stride-32 network.
+    """
+    common = dict(first_conv=first_conv, classifier=classifier, paper_ids=f"{PAPER_IDS},{paper_id}")
+    if tiny:
+        return kan_cfg(input_size=(3, 32, 32), pool_size=(1, 1), crop_pct=1.0, **common)
+    return kan_cfg(**common)
+
+
+def segmentation_cfg(size: int, first_conv: str, paper_id: str) -> Dict[str, Any]:
+    """Cfg of a segmentation net: ImageNet preprocessing at ``size`` px, one output class by default.
+
+    No ``classifier`` (timm and scripts/model_table.py read its presence as "a classifier") and no
+    ``pool_size`` (the output keeps the input's size).
+    """
+    cfg = kan_cfg(
+        num_classes=1, input_size=(3, size, size), crop_pct=1.0, first_conv=first_conv,
+        paper_ids=f"{PAPER_IDS},{paper_id}", classifier=None,
+    )
+    cfg.pop("pool_size")
+    return cfg
 
 
 def register_entry_points(

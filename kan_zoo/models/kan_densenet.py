@@ -46,17 +46,15 @@ from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from timm.layers import create_classifier, get_device_dtype
 from timm.models._builder import build_model_with_cfg
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import MATCH_PREV_GROUP
 from timm.models._registry import generate_default_cfgs
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import BASES, KANConv2d
-from ._registry import PAPER_IDS, kan_cfg, model_name, register_entry_points
-from .kan_resnet import check_min_input_size
+from ..layers import KANConv2d
+from ._common import FeatureTapsMixin, PooledClassifierMixin, check_min_input_size, kan_conv_args, run_stages
+from ._registry import arch_variants, classifier_cfg, register_entry_points
 
 __all__ = ["KANDenseNet", "KANDenseLayer", "KANDenseBlock", "KANDenseTransition"]
 
@@ -137,7 +135,7 @@ class KANDenseTransition(nn.Sequential):
         ]))
 
 
-class KANDenseNet(nn.Module):
+class KANDenseNet(FeatureTapsMixin, PooledClassifierMixin, nn.Module):
     """DenseNet-BC with KAN spatial convolutions (see the module docstring for the design).
 
     Args:
@@ -150,6 +148,7 @@ class KANDenseNet(nn.Module):
     """
 
     min_input_size = 32  # total stride: the three 2x2 average pools need a map of >= 8 px after the stem
+    classifier_name = "classifier"
 
     def __init__(
         self,
@@ -172,7 +171,7 @@ class KANDenseNet(nn.Module):
             raise ValueError(f"block_config needs 4 dense blocks, got {tuple(block_config)}")
         dd = {"device": device, "dtype": dtype}
         self.num_classes, self.in_chans = num_classes, in_chans
-        kan_args = dict(basis=basis, degree=degree, norm_layer="batch", **(basis_options or {}))
+        kan_args = kan_conv_args(basis, degree, "batch", basis_options)
 
         num_chs = 2 * growth_rate
         self.features = nn.Sequential(OrderedDict([
@@ -198,8 +197,7 @@ class KANDenseNet(nn.Module):
         self.feature_ends = [names.index(f["module"].split(".", 1)[1]) for f in self.feature_info]
 
         self.num_features = num_chs
-        self.global_pool, self.classifier = create_classifier(num_chs, num_classes, pool_type=global_pool, **dd)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self._create_head(num_classes, global_pool, **dd)
         self.head_drop = nn.Dropout(drop_rate)
         for m in self.modules():  # the KAN convs initialise themselves
             if isinstance(m, nn.Conv2d):
@@ -221,63 +219,20 @@ class KANDenseNet(nn.Module):
             if isinstance(m, KANDenseLayer):
                 m.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
+    def _num_taps(self) -> int:
+        return len(self.feature_ends)
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is None:
-            global_pool = self.global_pool.pool_type
-        dd = get_device_dtype(self)
-        self.global_pool, self.classifier = create_classifier(
-            self.num_features, num_classes, pool_type=global_pool, **dd
-        )
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.global_pool.train(self.training)
-        self.classifier.train(self.training)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Features plus the intermediates at feature_info's taps: index 0 the stem conv (stride 2),
-        1-3 the first three dense blocks (before their transitions), 4 the final norm. ``indices``:
-        last n if int, all if None. ``norm`` is unused (the last tap already is the final norm)."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.feature_ends), indices)
+    def _forward_taps(
+        self, x: torch.Tensor, take_indices: List[int], max_index: int, stop_early: bool
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        # Tap 0 is the stem conv (stride 2), 1-3 the first three dense blocks (before their
+        # transitions), 4 the final norm. The dense layers checkpoint themselves.
         x = check_min_input_size(x, self.min_input_size, type(self).__name__)
         layers = self.features[: self.feature_ends[max_index] + 1] if stop_early else self.features
-        intermediates, feat_idx = [], 0
-        for i, layer in enumerate(layers):
-            x = layer(x)
-            if i in self.feature_ends:
-                if feat_idx in take_indices:
-                    intermediates.append(x)
-                feat_idx += 1
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
+        return run_stages(layers, x, [self.feature_ends[i] for i in take_indices])
 
-    def prune_intermediate_layers(
-        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> List[int]:
-        """Drops the layers after the last wanted intermediate (and the head); returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.feature_ends), indices)
+    def _prune_taps(self, max_index: int) -> None:
         self.features = self.features[: self.feature_ends[max_index] + 1]
-        last = max_index == len(self.feature_ends) - 1
-        if not last:
-            # The features now end at an earlier tap, so a head sized for the final features must go.
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head or not last:
-            self.reset_classifier(0, "")
-        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(check_min_input_size(x, self.min_input_size, type(self).__name__))
@@ -313,19 +268,14 @@ def model_args(arch: str, basis: str) -> Dict[str, Any]:
     return dict(growth_rate=growth // width_divisor(basis), block_config=blocks, bn_size=bn_size, basis=basis)
 
 
-_VARIANTS: Dict[str, Tuple[str, str]] = {model_name(arch, basis): (arch, basis) for arch in ARCHS for basis in BASES}
-
-
-def _cfg(arch: str) -> Dict[str, Any]:
-    # The KAN papers plus the DenseNet paper whose topology this is.
-    common = dict(first_conv="features.conv0", classifier="classifier", paper_ids=f"{PAPER_IDS},arXiv:1608.06993")
-    if arch in _TEST_ARCHS:  # tiny contract-test models, evaluated at their 32 px minimum
-        return kan_cfg(input_size=(3, 32, 32), pool_size=(1, 1), crop_pct=1.0, **common)
-    return kan_cfg(**common)
-
+_VARIANTS: Dict[str, Tuple[str, str]] = arch_variants(ARCHS)
 
 # No weights exist for these families yet: the cfgs carry no url/hf_hub_id, only the preprocessing.
-default_cfgs = generate_default_cfgs({name: _cfg(arch) for name, (arch, _) in _VARIANTS.items()})
+# The KAN papers are cited with the DenseNet paper whose topology this is.
+default_cfgs = generate_default_cfgs({
+    name: classifier_cfg("features.conv0", "classifier", "arXiv:1608.06993", tiny=arch in _TEST_ARCHS)
+    for name, (arch, _) in _VARIANTS.items()
+})
 
 
 def _create_kan_densenet(variant: str, pretrained: bool = False, **kwargs: Any) -> KANDenseNet:

@@ -49,30 +49,17 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
-from timm.layers import DropPath, create_classifier, get_device_dtype, register_notrace_function
+from timm.layers import DropPath
 from timm.models._builder import build_model_with_cfg
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 from torch import nn
 
-from ..layers import BASES, KANConv2d
-from ._registry import PAPER_IDS, kan_cfg, model_name, register_entry_points
+from ..layers import KANConv2d
+from ._common import FeatureTapsMixin, PooledClassifierMixin, check_min_input_size, kan_conv_args, run_stages
+from ._registry import arch_variants, classifier_cfg, register_entry_points
 
 __all__ = ["KANResNet", "KANBasicBlock", "KANBottleneck", "check_min_input_size"]
-
-
-@register_notrace_function  # a leaf in timm's FX tracing: the check reads concrete sizes
-def check_min_input_size(x: torch.Tensor, min_size: int, model_name: str) -> torch.Tensor:
-    """Returns ``x`` unchanged, or raises a ValueError when its spatial size is below ``min_size``."""
-    if x.ndim != 4:
-        raise ValueError(f"{model_name} expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
-    if x.shape[-2] < min_size or x.shape[-1] < min_size:
-        raise ValueError(
-            f"{model_name} needs inputs of at least {min_size}x{min_size} pixels (its total stride), "
-            f"got {x.shape[-2]}x{x.shape[-1]}"
-        )
-    return x
 
 
 def _zero_init_kan_norm(conv: KANConv2d) -> None:
@@ -83,8 +70,12 @@ def _zero_init_kan_norm(conv: KANConv2d) -> None:
         nn.init.zeros_(conv.norm.weight)
 
 
-class KANBasicBlock(nn.Module):
-    """x + conv2(conv1(x)): two 3x3 KAN convs (each with its own BatchNorm and activation)."""
+class _KANResidualBlock(nn.Module):
+    """``drop_path(branch(x)) + shortcut(x)``; a subclass builds the branch in ``_make_branch``.
+
+    The branch is built first, then ``downsample`` and ``drop_path`` are registered, so the
+    parameters (and the init order of a seeded model) come in the order of the blocks' layers.
+    """
 
     expansion = 1
 
@@ -100,22 +91,41 @@ class KANBasicBlock(nn.Module):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        kan_args = kan_args or {}
-        self.conv1 = KANConv2d(in_chs, planes, 3, stride=stride, padding=1, **kan_args, **dd)
-        self.conv2 = KANConv2d(planes, planes, 3, padding=1, **kan_args, **dd)
+        self._make_branch(in_chs, planes, stride, kan_args or {}, {"device": device, "dtype": dtype})
         self.downsample = downsample
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def _make_branch(self, in_chs: int, planes: int, stride: int, kan_args: Dict[str, Any], dd: Dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def zero_init_last(self) -> None:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.drop_path(self._branch(x)) + shortcut
+
+
+class KANBasicBlock(_KANResidualBlock):
+    """x + conv2(conv1(x)): two 3x3 KAN convs (each with its own BatchNorm and activation)."""
+
+    expansion = 1
+
+    def _make_branch(self, in_chs: int, planes: int, stride: int, kan_args: Dict[str, Any], dd: Dict[str, Any]) -> None:
+        self.conv1 = KANConv2d(in_chs, planes, 3, stride=stride, padding=1, **kan_args, **dd)
+        self.conv2 = KANConv2d(planes, planes, 3, padding=1, **kan_args, **dd)
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x))
 
     def zero_init_last(self) -> None:
         _zero_init_kan_norm(self.conv2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return self.drop_path(self.conv2(self.conv1(x))) + shortcut
 
-
-class KANBottleneck(nn.Module):
+class KANBottleneck(_KANResidualBlock):
     """x + bn3(conv3(conv2(bn1(conv1(x))))): plain 1x1 squeeze, 3x3 KAN conv, plain 1x1 expand.
 
     No activation follows bn1: the KAN conv's basis is the nonlinearity (a ReLU would clip its input).
@@ -123,43 +133,25 @@ class KANBottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(
-        self,
-        in_chs: int,
-        planes: int,
-        stride: int = 1,
-        downsample: Optional[nn.Module] = None,
-        kan_args: Optional[Dict[str, Any]] = None,
-        drop_path_rate: float = 0.0,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-    ) -> None:
-        super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        kan_args = kan_args or {}
+    def _make_branch(self, in_chs: int, planes: int, stride: int, kan_args: Dict[str, Any], dd: Dict[str, Any]) -> None:
         out_chs = planes * self.expansion
         self.conv1 = nn.Conv2d(in_chs, planes, 1, bias=False, **dd)
         self.bn1 = nn.BatchNorm2d(planes, **dd)
         self.conv2 = KANConv2d(planes, planes, 3, stride=stride, padding=1, **kan_args, **dd)
         self.conv3 = nn.Conv2d(planes, out_chs, 1, bias=False, **dd)
         self.bn3 = nn.BatchNorm2d(out_chs, **dd)
-        self.downsample = downsample
-        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn3(self.conv3(self.conv2(self.bn1(self.conv1(x)))))
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.bn3.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        x = self.conv2(self.bn1(self.conv1(x)))
-        x = self.bn3(self.conv3(x))
-        return self.drop_path(x) + shortcut
 
 
 BLOCKS: Dict[str, Type[nn.Module]] = {"basic": KANBasicBlock, "bottleneck": KANBottleneck}
 
 
-class KANResNet(nn.Module):
+class KANResNet(FeatureTapsMixin, PooledClassifierMixin, nn.Module):
     """ResNet with KAN spatial convolutions (see the module docstring for the design).
 
     Args:
@@ -201,7 +193,7 @@ class KANResNet(nn.Module):
         dd = {"device": device, "dtype": dtype}
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         self.grad_checkpointing = False
-        kan_args = dict(basis=basis, degree=degree, norm_layer="batch", **(basis_options or {}))
+        kan_args = kan_conv_args(basis, degree, "batch", basis_options)
 
         self.conv1 = KANConv2d(in_chans, stem_width, 7, stride=2, padding=3, **kan_args, **dd)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -230,8 +222,7 @@ class KANResNet(nn.Module):
             self.feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f"layer{stage_idx + 1}"))
 
         self.num_features = in_chs
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self._create_head(num_classes, global_pool, **dd)
         self.init_weights(zero_init_last=zero_init_last)
 
     @torch.jit.ignore
@@ -242,78 +233,31 @@ class KANResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         if zero_init_last:
             for m in self.modules():
-                if isinstance(m, (KANBasicBlock, KANBottleneck)):
+                if isinstance(m, _KANResidualBlock):
                     m.zero_init_last()
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r"^conv1|^maxpool", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is None:
-            global_pool = self.global_pool.pool_type
-        dd = get_device_dtype(self)
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.global_pool.train(self.training)
-        self.fc.train(self.training)
-
     def _stages(self) -> List[nn.Module]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Features plus the intermediates at feature_info's taps: index 0 the stem conv (stride 2),
-        1-4 the stages (strides 4-32). ``indices``: last n if int, all if None. ``norm`` is unused
-        (there is no final norm)."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        intermediates = []
+    def _forward_taps(
+        self, x: torch.Tensor, take_indices: List[int], max_index: int, stop_early: bool
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        # Tap 0 is the stem conv (stride 2), taps 1-4 the stages (strides 4-32).
         x = self.conv1(check_min_input_size(x, self.min_input_size, type(self).__name__))
-        if 0 in take_indices:
-            intermediates.append(x)
-        x = self.maxpool(x)
+        intermediates = [x] if 0 in take_indices else []
         stages = self._stages()[:max_index] if stop_early else self._stages()
-        for feat_idx, stage in enumerate(stages, start=1):
-            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
-            if feat_idx in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
+        x, taps = run_stages(stages, self.maxpool(x), take_indices, self.grad_checkpointing, start=1)
+        return x, intermediates + taps
 
-    def prune_intermediate_layers(
-        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> List[int]:
-        """Drops the stages after the last wanted intermediate (and the head); returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+    def _prune_taps(self, max_index: int) -> None:
         for i in range(max_index, 4):
             setattr(self, f"layer{i + 1}", nn.Sequential())  # empty Sequential keeps forward_features working
         if max_index == 0:
             self.maxpool = nn.Identity()
-        if max_index < 4:
-            # The features now end at an earlier tap, so a head sized for the last stage must go.
-            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
-        if prune_head or max_index < 4:
-            self.reset_classifier(0, "")
-        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.conv1(check_min_input_size(x, self.min_input_size, type(self).__name__)))
@@ -359,19 +303,14 @@ def model_args(arch: str, basis: str) -> Dict[str, Any]:
     return dict(block=block, layers=layers, channels=channels, stem_width=stem // div, basis=basis)
 
 
-_VARIANTS: Dict[str, Tuple[str, str]] = {model_name(arch, basis): (arch, basis) for arch in ARCHS for basis in BASES}
-
-
-def _cfg(arch: str) -> Dict[str, Any]:
-    # The KAN papers plus the ResNet paper whose topology this is.
-    common = dict(first_conv="conv1", classifier="fc", paper_ids=f"{PAPER_IDS},arXiv:1512.03385")
-    if arch in _TEST_ARCHS:  # tiny contract-test models, evaluated at their 32 px minimum
-        return kan_cfg(input_size=(3, 32, 32), pool_size=(1, 1), crop_pct=1.0, **common)
-    return kan_cfg(**common)
-
+_VARIANTS: Dict[str, Tuple[str, str]] = arch_variants(ARCHS)
 
 # No weights exist for these families yet: the cfgs carry no url/hf_hub_id, only the preprocessing.
-default_cfgs = generate_default_cfgs({name: _cfg(arch) for name, (arch, _) in _VARIANTS.items()})
+# The KAN papers are cited with the ResNet paper whose topology this is.
+default_cfgs = generate_default_cfgs({
+    name: classifier_cfg("conv1", "fc", "arXiv:1512.03385", tiny=arch in _TEST_ARCHS)
+    for name, (arch, _) in _VARIANTS.items()
+})
 
 
 def _create_kan_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> KANResNet:

@@ -27,11 +27,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from timm.layers import SelectAdaptivePool2d, get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from ..layers import BASES, KANActivation, KANConv2d
+from ._common import FeatureTapsMixin, HeadFcMixin, kan_conv_args, run_stages
 from ._registry import kan_cfg, model_name, register_entry_points
 
 __all__ = ["StagedClassifier", "ClassifierHeadKAN", "KanSimple", "SIMPLE_ARCHS", "MODEL_ARGS", "PLAIN"]
@@ -65,7 +65,7 @@ class ClassifierHeadKAN(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
-class StagedClassifier(nn.Module):
+class StagedClassifier(FeatureTapsMixin, HeadFcMixin, nn.Module):
     """timm's classifier contract over ``self.stages`` (an nn.Sequential of stages) and ``self.head``.
 
     Subclasses build the stages, then call :meth:`_finish` with the stage widths and reductions.
@@ -85,19 +85,6 @@ class StagedClassifier(nn.Module):
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=self.stem_pattern, blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)")
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        # The new fc follows the model's device and dtype (a float64 or meta model keeps its kind).
-        self.head.reset(num_classes, global_pool, **get_device_dtype(self))
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.stages, x)
@@ -109,41 +96,25 @@ class StagedClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs at feature_info's taps; ``indices``: last n if int, all if None; ``norm`` unused."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        stages = self.stages[: max_index + 1] if stop_early else self.stages
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = checkpoint_seq(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
-            if i in take_indices:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
+    def _num_taps(self) -> int:
+        return len(self.stages)  # after pruning, the indices refer to the stages kept
 
-    def prune_intermediate_layers(
-        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+    def _forward_taps(
+        self, x: torch.Tensor, take_indices: List[int], max_index: int, stop_early: bool
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        stages = self.stages[: max_index + 1] if stop_early else self.stages
+        return run_stages(stages, x, take_indices, self.grad_checkpointing)
+
+    def _prune_taps(self, max_index: int) -> None:
         self.stages = self.stages[: max_index + 1]
+
+    def _prune_head(self, max_index: int, prune_head: bool) -> None:
         if max_index < len(self.feature_info) - 1 or prune_head:
             # The features now end at an earlier stage: a head sized for the last one must go.
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
             self.head = ClassifierHeadKAN(self.num_features, 0, "", self.drop_rate, None,
                                           **get_device_dtype(self.stages))
             self.num_classes = 0
-        return take_indices
 
 
 class ConvBnAct(nn.Sequential):
@@ -204,8 +175,8 @@ class KanSimple(StagedClassifier):
                 if basis == PLAIN:
                     layers.append(ConvBnAct(channels, width, 3, stride, **dd))
                 else:
-                    layers.append(KANConv2d(channels, width, 3, stride=stride, padding=1, basis=basis, degree=degree,
-                                            norm_layer=norm_layer, **(basis_options or {}), **dd))
+                    layers.append(KANConv2d(channels, width, 3, stride=stride, padding=1,
+                                            **kan_conv_args(basis, degree, norm_layer, basis_options, **dd)))
                 channels, reduction, first = width, reduction * stride, False
             built.append(nn.Sequential(*layers))
             widths.append(channels)

@@ -51,16 +51,16 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from timm.layers import get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import BASES, KANConv2d
+from ..layers import KANConv2d
 from ..layers.helpers import NormSpec
-from ..segmentation import check_segmentation_input, create_encoder, crop_to, norm_kinds, pad_to_multiple
-from ._registry import PAPER_IDS, kan_cfg, model_name, register_entry_points
+from ..segmentation import crop_to, norm_kinds, pad_to_multiple
+from ._common import PooledStagesEncoder, SegmentationMixin, check_model_args, kan_conv_args
+from ._registry import arch_variants, register_entry_points, segmentation_cfg
 
 __all__ = ["KANU2Net", "KANRSU", "KANU2NetHead", "U2NET_WIDTHS", "rsu_shape"]
 
@@ -148,35 +148,20 @@ def rsu_shape(stride: int) -> Tuple[int, bool]:
     return (4, True) if stride >= 16 else (8 - stride.bit_length(), False)
 
 
-class _RSUEncoder(nn.Module):
+class _RSUEncoder(PooledStagesEncoder):
     """The paper's encoder: RSU-7, 6, 5, 4, 4F, 4F with a 2x2 max pool between stages."""
 
     def __init__(self, in_chans: int, mids: Sequence[int], outs: Sequence[int], kan_args: Dict[str, Any]) -> None:
-        super().__init__()
-        self.reductions = [2**i for i in range(len(outs))]
-        self.channels = list(outs)
+        super().__init__(outs, [2**i for i in range(len(outs))])
         chans = [in_chans, *outs]
         self.stages = nn.ModuleList()
         for i, stride in enumerate(self.reductions):
             height, dilated = rsu_shape(stride)
             self.stages.append(KANRSU(height, chans[i], mids[i], outs[i], kan_args, dilated))
         self.pool = nn.MaxPool2d(2)
-        self.grad_checkpointing = False
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        features = []
-        for i, stage in enumerate(self.stages):
-            if i:
-                x = self.pool(x)
-            x = checkpoint(stage, x, use_reentrant=False) if self.grad_checkpointing else stage(x)
-            features.append(x)
-        return features
 
 
-class KANU2Net(nn.Module):
+class KANU2Net(SegmentationMixin, nn.Module):
     """U2-Net of KAN convolutions (see the module docstring for layout, outputs and padding).
 
     Args:
@@ -210,25 +195,17 @@ class KANU2Net(nn.Module):
         if len(mid_channels) != NUM_STAGES or len(out_channels) != NUM_STAGES:
             raise ValueError(f"mid_channels and out_channels need {NUM_STAGES} widths (6 encoder, 5 decoder "
                              f"stages), got {len(mid_channels)} and {len(out_channels)}")
-        if not isinstance(in_chans, int) or in_chans < 1:
-            raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        check_model_args(in_chans, num_classes)
         dd = {"device": device, "dtype": dtype}
         self.num_classes, self.in_chans = num_classes, in_chans
-        kan_args = dict(basis=basis, degree=degree, norm_layer=norm_layer, **(basis_options or {}), **dd)
-
-        if encoder is None:
-            self.encoder = _RSUEncoder(in_chans, mid_channels[:6], out_channels[:6], kan_args)
-            channels, reductions = self.encoder.channels, self.encoder.reductions
-        else:
-            self.encoder, channels, reductions = create_encoder(
-                encoder, in_chans, encoder_pretrained, encoder_kwargs, **dd
-            )
-            if reductions[-1] > TOTAL_STRIDE:
-                raise ValueError(f"encoder {encoder!r} reaches stride {reductions[-1]}; KANU2Net's decoder "
-                                 f"has stages for strides up to {TOTAL_STRIDE // 2}")
-        self.encoder_name = encoder
+        kan_args = kan_conv_args(basis, degree, norm_layer, basis_options, **dd)
+        channels, reductions = self._init_encoder(
+            encoder, lambda: _RSUEncoder(in_chans, mid_channels[:6], out_channels[:6], kan_args),
+            encoder_pretrained, encoder_kwargs, **dd,
+        )
+        if reductions[-1] > TOTAL_STRIDE:  # only a timm encoder can reach it
+            raise ValueError(f"encoder {encoder!r} reaches stride {reductions[-1]}; KANU2Net's decoder "
+                             f"has stages for strides up to {TOTAL_STRIDE // 2}")
         self.pad_multiple = max(TOTAL_STRIDE, reductions[-1])
 
         # Decoder stage at stride s (deepest skip first) takes the paper's decoder widths for s.
@@ -251,25 +228,8 @@ class KANU2Net(nn.Module):
         return KANU2NetHead(self.side_channels, num_classes, **dd) if num_classes else None
 
     @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each encoder and decoder stage in backward instead of storing its activations."""
-        self.grad_checkpointing = enable
-        if hasattr(self.encoder, "set_grad_checkpointing"):  # built-in and timm's FeatureListNet
-            self.encoder.set_grad_checkpointing(enable)
-
-    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head if self.head is not None else nn.Identity()
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """New side and fusion convs for ``num_classes`` (0: none); ``global_pool`` must be None or ''."""
-        if global_pool:
-            raise ValueError(f"{type(self).__name__} is a dense predictor and has no global pool, "
-                             f"got {global_pool!r}")
-        self.num_classes = num_classes
-        self.head = self._make_head(num_classes, **get_device_dtype(self))
-        if self.head is not None:
-            self.head.train(self.training)
 
     def _side_features(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Padded input -> the side-output features, finest first."""
@@ -283,10 +243,7 @@ class KANU2Net(nn.Module):
 
     def forward_all(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """(fused, side_1, ..., side_n) logits maps, each (N, num_classes, H, W), in any mode."""
-        check_segmentation_input(
-            x, self.in_chans, self.pad_multiple, (self.training and self._batch_norm, self._instance_norm),
-            type(self).__name__,
-        )
+        self._check(x)
         size = (x.shape[-2], x.shape[-1])
         x = pad_to_multiple(x, self.pad_multiple)
         features = self._side_features(x)
@@ -329,22 +286,13 @@ def model_args(arch: str, basis: str) -> Dict[str, Any]:
                 basis=basis)
 
 
-_VARIANTS: Dict[str, Tuple[str, str]] = {model_name(a, b): (a, b) for a in U2NET_WIDTHS for b in BASES}
+_VARIANTS: Dict[str, Tuple[str, str]] = arch_variants(U2NET_WIDTHS)
 
-
-def _cfg(arch: str) -> Dict[str, Any]:
-    # The paper trains on 320 px resized images (random 288 crops). No ``classifier``/``pool_size``:
-    # see the module docstring.
-    size = 64 if arch in _TINY_ARCHS else 320
-    cfg = kan_cfg(
-        num_classes=1, input_size=(3, size, size), crop_pct=1.0, first_conv="encoder.stages.0.conv_in",
-        paper_ids=f"{PAPER_IDS},arXiv:2005.09007", classifier=None,
-    )
-    cfg.pop("pool_size")
-    return cfg
-
-
-default_cfgs = generate_default_cfgs({name: _cfg(arch) for name, (arch, _) in _VARIANTS.items()})
+# The paper trains on 320 px resized images (random 288 crops); the KAN papers are cited with it.
+default_cfgs = generate_default_cfgs({
+    name: segmentation_cfg(64 if arch in _TINY_ARCHS else 320, "encoder.stages.0.conv_in", "arXiv:2005.09007")
+    for name, (arch, _) in _VARIANTS.items()
+})
 
 
 def _create_kan_u2net(variant: str, pretrained: bool = False, **kwargs: Any) -> KANU2Net:

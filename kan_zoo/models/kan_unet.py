@@ -34,19 +34,19 @@ start from a pretrained encoder).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
-from timm.layers import get_device_dtype
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import BASES, KANConv2d
+from ..layers import KANConv2d
 from ..layers.helpers import NormSpec
-from ..segmentation import check_segmentation_input, create_encoder, crop_to, norm_kinds, pad_to_multiple
-from ._registry import PAPER_IDS, kan_cfg, model_name, register_entry_points
+from ..segmentation import crop_to, norm_kinds, pad_to_multiple
+from ._common import PooledStagesEncoder, SegmentationMixin, check_model_args, kan_conv_args
+from ._registry import arch_variants, register_entry_points, segmentation_cfg
 
 __all__ = ["KANUNet", "KANDoubleConv", "KANUNetDecoderBlock", "UNET_WIDTHS"]
 
@@ -77,32 +77,17 @@ class KANUNetDecoderBlock(nn.Module):
         return self.conv(x)
 
 
-class _BuiltinEncoder(nn.Module):
+class _BuiltinEncoder(PooledStagesEncoder):
     """Level 0: double conv; level i: max pool then double conv. Returns every level's output."""
 
     def __init__(self, in_chans: int, widths: Sequence[int], kan_args: Dict[str, Any]) -> None:
-        super().__init__()
+        super().__init__(widths, [2**i for i in range(len(widths))])
         chans = [in_chans, *widths]
         self.stages = nn.ModuleList(KANDoubleConv(chans[i], chans[i + 1], kan_args) for i in range(len(widths)))
         self.pool = nn.MaxPool2d(2)
-        self.grad_checkpointing = False
-        self.channels = list(widths)
-        self.reductions = [2**i for i in range(len(widths))]
-
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        features = []
-        for i, stage in enumerate(self.stages):
-            if i:
-                x = self.pool(x)
-            x = checkpoint(stage, x, use_reentrant=False) if self.grad_checkpointing else stage(x)
-            features.append(x)
-        return features
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
 
 
-class KANUNet(nn.Module):
+class KANUNet(SegmentationMixin, nn.Module):
     """U-Net of KAN convolutions (see the module docstring for layout, encoders and padding).
 
     Args:
@@ -136,25 +121,16 @@ class KANUNet(nn.Module):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        if not isinstance(in_chans, int) or in_chans < 1:
-            raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        check_model_args(in_chans, num_classes)
         dd = {"device": device, "dtype": dtype}
         self.num_classes, self.in_chans = num_classes, in_chans
         self.grad_checkpointing = False
-        kan_args = dict(basis=basis, degree=degree, norm_layer=norm_layer, **(basis_options or {}), **dd)
-
-        if encoder is None:
-            if len(widths) < 2:
-                raise ValueError(f"widths needs at least two levels, got {tuple(widths)}")
-            self.encoder = _BuiltinEncoder(in_chans, widths, kan_args)
-            channels, reductions = self.encoder.channels, self.encoder.reductions
-        else:
-            self.encoder, channels, reductions = create_encoder(
-                encoder, in_chans, encoder_pretrained, encoder_kwargs, **dd
-            )
-        self.encoder_name = encoder
+        kan_args = kan_conv_args(basis, degree, norm_layer, basis_options, **dd)
+        if encoder is None and len(widths) < 2:
+            raise ValueError(f"widths needs at least two levels, got {tuple(widths)}")
+        channels, reductions = self._init_encoder(
+            encoder, lambda: _BuiltinEncoder(in_chans, widths, kan_args), encoder_pretrained, encoder_kwargs, **dd
+        )
         self.pad_multiple = reductions[-1]
 
         # Decoder levels, deepest first: one per skip, then skip-less ones down to stride 1.
@@ -180,30 +156,8 @@ class KANUNet(nn.Module):
         return nn.Conv2d(self.num_features, num_classes, 1, **dd) if num_classes else nn.Identity()
 
     @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each encoder stage and decoder level in backward instead of storing it."""
-        self.grad_checkpointing = enable
-        if hasattr(self.encoder, "set_grad_checkpointing"):  # built-in and timm's FeatureListNet
-            self.encoder.set_grad_checkpointing(enable)
-
-    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """A new 1x1 head with ``num_classes`` outputs (0: none); ``global_pool`` must be None or ''."""
-        if global_pool:
-            raise ValueError(f"{type(self).__name__} is a dense predictor and has no global pool, "
-                             f"got {global_pool!r}")
-        self.num_classes = num_classes
-        self.head = self._make_head(num_classes, **get_device_dtype(self))
-        self.head.train(self.training)
-
-    def _check(self, x: torch.Tensor) -> torch.Tensor:
-        return check_segmentation_input(
-            x, self.in_chans, self.pad_multiple, (self.training and self._batch_norm, self._instance_norm),
-            type(self).__name__,
-        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last decoder level's features, (N, num_features, H, W) for an (N, C, H, W) input."""
@@ -248,22 +202,13 @@ def model_args(arch: str, basis: str) -> Dict[str, Any]:
     return dict(widths=widths, basis=basis)
 
 
-_VARIANTS: Dict[str, Tuple[str, str]] = {model_name(a, b): (a, b) for a in UNET_WIDTHS for b in BASES}
+_VARIANTS: Dict[str, Tuple[str, str]] = arch_variants(UNET_WIDTHS)
 
-
-def _cfg(arch: str) -> Dict[str, Any]:
-    # No ``classifier`` (timm and scripts/model_table.py read its presence as "a classifier"), no
-    # ``pool_size`` (the output keeps the input's size); the preprocessing is ImageNet's.
-    size = 64 if arch in _TINY_ARCHS else 256
-    cfg = kan_cfg(
-        num_classes=1, input_size=(3, size, size), crop_pct=1.0, first_conv="encoder.stages.0.0",
-        paper_ids=f"{PAPER_IDS},arXiv:1505.04597", classifier=None,
-    )
-    cfg.pop("pool_size")
-    return cfg
-
-
-default_cfgs = generate_default_cfgs({name: _cfg(arch) for name, (arch, _) in _VARIANTS.items()})
+# The KAN papers are cited with the U-Net paper.
+default_cfgs = generate_default_cfgs({
+    name: segmentation_cfg(64 if arch in _TINY_ARCHS else 256, "encoder.stages.0.0", "arXiv:1505.04597")
+    for name, (arch, _) in _VARIANTS.items()
+})
 
 _NO_WEIGHTS_HINT = (
     "; the kan_unet models ship no weights: start from a pretrained classifier as encoder, e.g. "

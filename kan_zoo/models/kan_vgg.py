@@ -48,13 +48,13 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from timm.layers import ClassifierHead, register_notrace_function, register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs
-from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
 from ..layers import BASES, BottleneckKANConv2d, KANConv2d
 from ..layers.bottleneck import inner_width
 from ..layers.helpers import NormSpec
+from ._common import FeatureTapsMixin, HeadFcMixin, check_model_args, run_stages
 from ._registry import kan_cfg, model_name, register_entry_points
 
 __all__ = [
@@ -177,7 +177,7 @@ def _norm_kind(layer: nn.Module) -> Optional[str]:
     return None
 
 
-class KanVgg(nn.Module):
+class KanVgg(FeatureTapsMixin, HeadFcMixin, nn.Module):
     """VGG of KAN convolutions (see the module docstring for the layout and defaults).
 
     Args:
@@ -222,8 +222,7 @@ class KanVgg(nn.Module):
         super().__init__()
         if len(depths) != len(widths) or not depths or min(depths) < 1:
             raise ValueError(f"depths and widths must be equal-length and depths >= 1, got {depths}, {widths}")
-        if not isinstance(in_chans, int) or in_chans < 1:
-            raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+        check_model_args(in_chans)
         dd = dict(device=device, dtype=dtype)
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -290,18 +289,8 @@ class KanVgg(nn.Module):
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r"^features\.0", blocks=r"^features\.(\d+)")
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        # The new fc follows the model's device and dtype (e.g. a float64 or meta model).
-        self.head.reset(num_classes, global_pool, **_device_dtype(self))
+        super().reset_classifier(num_classes, global_pool)
         self.head_hidden_size = self.head.num_features
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
@@ -319,48 +308,19 @@ class KanVgg(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, List[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Stage outputs (index i has reduction 2**i, taken before the next max pool).
-
-        ``indices``: last n stages if int, all if None, else those listed; ``norm`` is unused (no final norm).
-        """
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
-        x = self._check(x)
+    def _forward_taps(
+        self, x: torch.Tensor, take_indices: List[int], max_index: int, stop_early: bool
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        # Tap i is the output of stage i (reduction 2**i), taken before the next max pool.
         end = self.stage_ends[max_index] + 1 if stop_early else len(self.features)
-        taps = {self.stage_ends[i]: i for i in take_indices}
-        intermediates = []
-        for i, layer in enumerate(self.features[:end]):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq([layer], x)
-            else:
-                x = layer(x)
-            if i in taps:
-                intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
+        taps = [self.stage_ends[i] for i in take_indices]
+        return run_stages(self.features[:end], self._check(x), taps, self.grad_checkpointing)
 
-    def prune_intermediate_layers(
-        self,
-        indices: Union[int, List[int]] = 1,
-        prune_norm: bool = False,
-        prune_head: bool = True,
-    ) -> List[int]:
-        """Drops the layers after the last stage in ``indices`` (and the classifier); returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
+    def _prune_taps(self, max_index: int) -> None:
         self.features = self.features[: self.stage_ends[max_index] + 1]
-        prune_end = max_index < len(self.stage_ends) - 1
-        if prune_end:
+
+    def _prune_head(self, max_index: int, prune_head: bool) -> None:
+        if max_index < len(self.stage_ends) - 1:
             # The head was sized for the last stage; it now sees the last kept stage's width.
             self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
             self.head = ClassifierHead(
@@ -372,7 +332,6 @@ class KanVgg(nn.Module):
             self.num_pools = max_index
         elif prune_head:
             self.reset_classifier(0, "")
-        return take_indices
 
 
 # --- registry -----------------------------------------------------------------------------------
