@@ -12,6 +12,7 @@ from kan_zoo.layers import BASES, KANConv2d
 from kan_zoo.models import kan_u2net
 from kan_zoo.models.kan_u2net import KANRSU
 from kan_zoo.segmentation import deep_supervision_loss, segmentation_loss
+from model_checks import assert_encoder_weights, assert_grads_finite, save_weights, train_losses
 
 FULL_NAMES = [f"kan_u2net_{b}" for b in BASES]
 SMALL_NAMES = [f"kan_u2net_small_{b}" for b in BASES]
@@ -20,19 +21,7 @@ TINY = "kan_u2net_tiny_gram"
 ODD = (37, 45)
 NUM_OUTPUTS = 7  # fused + six side maps
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _grads_finite(model: nn.Module) -> None:
-    for name, p in model.named_parameters():
-        assert p.grad is not None, f"no gradient for {name}"
-        assert torch.isfinite(p.grad).all(), f"non-finite gradient for {name}"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registry_names_and_no_weights():
@@ -85,7 +74,7 @@ def test_tiny_train_outputs_and_backward_each_basis(name):
     for out in outputs:
         assert out.shape == (2, 2, *ODD) and torch.isfinite(out).all()
     deep_supervision_loss(outputs, torch.randint(0, 2, (2, *ODD))).backward()
-    _grads_finite(model)
+    assert_grads_finite(model)
 
 
 def test_eval_returns_the_fused_map():
@@ -113,15 +102,7 @@ def test_deep_supervised_training_reduces_the_loss():
     masks = ((yy - centre[:, 0]) ** 2 + (xx - centre[:, 1]) ** 2 <= 36).float()
     images = masks.unsqueeze(1).expand(-1, 3, -1, -1) + 0.3 * torch.randn(6, 3, 32, 32, generator=gen)
     model = timm.create_model(TINY).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(12):
-        loss = deep_supervision_loss(model(images), masks)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert all(torch.isfinite(torch.tensor(losses)))
+    losses = train_losses(model, lambda: deep_supervision_loss(model(images), masks), steps=12)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -203,21 +184,15 @@ def test_classification_backbone_as_encoder(encoder):
     outputs = model(torch.randn(2, 1, *ODD))
     assert len(outputs) == 1 + len(reductions) and all(o.shape == (2, 2, *ODD) for o in outputs)
     deep_supervision_loss(outputs, torch.randint(0, 2, (2, *ODD))).backward()
-    _grads_finite(model)
+    assert_grads_finite(model)
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 1, *ODD)).shape == (1, 2, *ODD)
 
 
 def test_encoder_pretrained_weights_from_a_file(tmp_path):
-    import safetensors.torch
-
     source = timm.create_model("kan_test_densenet_gram")
-    path = tmp_path / "encoder.safetensors"
-    safetensors.torch.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
     model = timm.create_model(
         TINY, encoder="kan_test_densenet_gram", encoder_pretrained=True,
-        encoder_kwargs=dict(pretrained_cfg_overlay=dict(file=str(path))),
+        encoder_kwargs=dict(pretrained_cfg_overlay=dict(file=save_weights(source, tmp_path / "encoder.safetensors"))),
     )
-    state = source.state_dict()
-    for key, value in model.encoder.state_dict().items():
-        assert torch.equal(value, state[key.replace("features_", "features.", 1)]), key
+    assert_encoder_weights(model.encoder.state_dict(), source.state_dict())

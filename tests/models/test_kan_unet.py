@@ -2,36 +2,22 @@
 from __future__ import annotations
 
 import pytest
-import safetensors.torch
 import timm
 import torch
 from torch import nn
 
 import kan_zoo  # noqa: F401  registers kan_* models
-from hub_helpers import build_local_hf_cache, use_local_hf_cache
 from kan_zoo.layers import BASES, KANConv2d
 from kan_zoo.models import kan_unet
 from kan_zoo.segmentation import segmentation_loss
+from model_checks import assert_encoder_weights, assert_grads_finite, save_weights, serve_tag_weights, train_losses
 
 FULL_NAMES = [f"kan_unet_{b}" for b in BASES]
 TINY_NAMES = [f"kan_unet_tiny_{b}" for b in BASES]
 TINY = "kan_unet_tiny_gram"
 ODD = (37, 45)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convs gain nothing from intra-op threads; on a loaded 2-core box they oversubscribe.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _grads_finite(model: nn.Module) -> None:
-    for name, p in model.named_parameters():
-        assert p.grad is not None, f"no gradient for {name}"
-        assert torch.isfinite(p.grad).all(), f"non-finite gradient for {name}"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def disks(n: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +63,7 @@ def test_tiny_forward_backward_each_basis(name):
     out = model(torch.randn(2, 3, *ODD))
     assert out.shape == (2, 3, *ODD) and torch.isfinite(out).all()
     segmentation_loss(out, torch.randint(0, 3, (2, *ODD))).backward()
-    _grads_finite(model)
+    assert_grads_finite(model)
 
 
 @pytest.mark.parametrize("size", [(1, 1), (5, 9), (16, 16), (17, 64), (33, 31)])
@@ -103,15 +89,7 @@ def test_training_reduces_the_loss():
     gen = torch.Generator().manual_seed(0)
     images, masks = disks(8, 32, gen)
     model = timm.create_model(TINY).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(25):
-        loss = segmentation_loss(model(images), masks)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert all(torch.isfinite(torch.tensor(losses)))
+    losses = train_losses(model, lambda: segmentation_loss(model(images), masks), steps=25)
     assert sum(losses[-3:]) / 3 < 0.75 * losses[0], losses
 
 
@@ -129,35 +107,26 @@ def test_classification_backbone_as_encoder(encoder):
     out = model(torch.randn(2, 1, *ODD))
     assert out.shape == (2, 2, *ODD) and torch.isfinite(out).all()
     out.mean().backward()
-    _grads_finite(model)
+    assert_grads_finite(model)
 
 
 def test_encoder_pretrained_weights_through_the_pretrained_tag(tmp_path, monkeypatch):
     # The real timm path: the .in1k tag's Hugging Face repo, served from a local offline cache.
     tag = "kan_vgg11_bottleneck_gram.in1k"
-    source = timm.create_model(tag.split(".")[0])
-    with torch.no_grad():
-        for p in source.parameters():
-            p.add_(torch.rand_like(p))
-    state = {k: v.contiguous() for k, v in source.state_dict().items()}
-    cache = use_local_hf_cache(monkeypatch, tmp_path / "hf")
-    repo = timm.models.get_pretrained_cfg(tag).hf_hub_id
-    build_local_hf_cache(cache, repo, {"model.safetensors": safetensors.torch.save(state)})
-
+    state = serve_tag_weights(tag, monkeypatch, tmp_path / "hf")
     model = timm.create_model(TINY, encoder=tag, encoder_pretrained=True)
     loaded = model.encoder.state_dict()
-    assert loaded and all(torch.equal(v, state[k.replace("features_", "features.", 1)]) for k, v in loaded.items())
+    assert_encoder_weights(loaded, state)
     fresh = timm.create_model(TINY, encoder=tag)
     assert not torch.equal(fresh.encoder.features_0.weight, loaded["features_0.weight"])
 
 
 def test_encoder_pretrained_weights_from_a_file(tmp_path):
     source = timm.create_model("kan_test_resnet_gram")
-    path = tmp_path / "encoder.safetensors"
-    safetensors.torch.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    path = save_weights(source, tmp_path / "encoder.safetensors")
     model = timm.create_model(
         TINY, encoder="kan_test_resnet_gram", encoder_pretrained=True,
-        encoder_kwargs=dict(pretrained_cfg_overlay=dict(file=str(path))),
+        encoder_kwargs=dict(pretrained_cfg_overlay=dict(file=path)),
     )
     for key, value in model.encoder.state_dict().items():
         assert torch.equal(value, source.state_dict()[key]), key
@@ -224,8 +193,7 @@ def test_clear_errors():
 def test_own_segmentation_weights_load_through_timm(tmp_path):
     # No published weights, but a trained model's file loads on the usual timm path.
     trained = timm.create_model(TINY, in_chans=1)
-    path = tmp_path / "unet.safetensors"
-    safetensors.torch.save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(path))
-    loaded = timm.create_model(TINY, in_chans=1, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    path = save_weights(trained, tmp_path / "unet.safetensors")
+    loaded = timm.create_model(TINY, in_chans=1, pretrained=True, pretrained_cfg_overlay=dict(file=path))
     for key, value in trained.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key

@@ -10,13 +10,12 @@ kan_ckan: strides 2..16, depth 4); ``_depth`` reads it from the feature_info.
 from __future__ import annotations
 
 import pytest
-import safetensors.torch
 import timm
 import torch
 
 import kan_zoo  # noqa: F401  registers kan_* models
-from hub_helpers import build_local_hf_cache, use_local_hf_cache
 from kan_zoo.layers import BASES
+from model_checks import assert_encoder_weights, save_weights, serve_tag_weights
 
 smp = pytest.importorskip(
     "segmentation_models_pytorch",
@@ -29,13 +28,7 @@ TINY = sorted(n for n in CLASSIFIERS if n.startswith("kan_test_"))
 # Every full-size architecture once (the basis does not change the feature pyramid; the tiny ones cover it).
 FULL = sorted(n for n in CLASSIFIERS if not n.startswith("kan_test_") and n.endswith("_gram"))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _depth(name: str) -> int:
@@ -93,20 +86,9 @@ def test_pretrained_tag_loads_the_encoder_weights(tmp_path, monkeypatch):
     # smp's encoder_weights=True -> timm pretrained=True on the tag, whose Hugging Face repo is served
     # from a local offline cache holding (kan_zoo-layout) weights we know.
     tag = "kan_vgg11_bottleneck_gram.in1k"
-    source = timm.create_model(tag.split(".")[0])
-    with torch.no_grad():
-        for p in source.parameters():
-            p.add_(torch.rand_like(p))
-    state = {k: v.contiguous() for k, v in source.state_dict().items()}
-    cache = use_local_hf_cache(monkeypatch, tmp_path / "hf")
-    build_local_hf_cache(cache, timm.models.get_pretrained_cfg(tag).hf_hub_id,
-                         {"model.safetensors": safetensors.torch.save(state)})
-
+    state = serve_tag_weights(tag, monkeypatch, tmp_path / "hf")
     model = smp.Unet(encoder_name=f"tu-{tag}", encoder_weights=True, classes=2)
-    loaded = model.encoder.model.state_dict()
-    assert len(loaded) > 0
-    for key, value in loaded.items():  # features_only flattens features.N to features_N
-        assert torch.equal(value, state[key.replace("features_", "features.", 1)]), key
+    assert_encoder_weights(model.encoder.model.state_dict(), state)
     out = model.train()(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 2, 32, 32)
     out.mean().backward()
@@ -115,9 +97,8 @@ def test_pretrained_tag_loads_the_encoder_weights(tmp_path, monkeypatch):
 def test_pretrained_weights_from_a_file_through_smp_kwargs(tmp_path):
     # smp forwards extra Unet kwargs to timm.create_model, so any kan_* model takes a local file.
     source = timm.create_model("kan_test_resnet_gram")
-    path = tmp_path / "weights.safetensors"
-    safetensors.torch.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    path = save_weights(source, tmp_path / "weights.safetensors")
     model = smp.Unet(encoder_name="tu-kan_test_resnet_gram", encoder_weights=True,
-                     pretrained_cfg_overlay=dict(file=str(path)), decoder_channels=(16, 16, 8, 8, 8))
+                     pretrained_cfg_overlay=dict(file=path), decoder_channels=(16, 16, 8, 8, 8))
     for key, value in model.encoder.model.state_dict().items():
         assert torch.equal(value, source.state_dict()[key]), key
