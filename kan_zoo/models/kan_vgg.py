@@ -59,7 +59,7 @@ from ._registry import kan_cfg, model_name, register_entry_points
 
 __all__ = [
     "KanVgg", "VGG_DEPTHS", "VGG_WIDTHS", "BASIS_DEFAULTS", "PRETRAINED_WEIGHTS", "MODEL_ARGS",
-    "min_input_size", "check_vgg_input", "pretrained_model_card",
+    "min_input_size", "check_vgg_input",
 ]
 
 # Layers per stage. One max pool sits between consecutive stages.
@@ -401,13 +401,6 @@ default_cfgs = generate_default_cfgs({
     # Architectures without weights get one untagged cfg, so timm lists no pretrained tag for them.
     **{name: _untrained_cfg(name) for name in MODEL_ARGS if not any(t.split(".")[0] == name for t in PRETRAINED_WEIGHTS)},
 })
-
-
-def pretrained_model_card(tag: str) -> str:
-    """Markdown model card of a pretrained tag; kept for callers, the card writer is in ``kan_zoo.hub``."""
-    from ..hub import pretrained_model_card as card  # lazy: importing the models stays free of the hub package
-
-    return card(tag)
 
 
 def _filter_fn(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:

@@ -190,7 +190,7 @@ def test_mismatched_keys_are_listed(tmp_path, monkeypatch):
 
 
 def test_model_card_states_source_licence_accuracy_and_size():
-    from kan_zoo.models.kan_vgg import pretrained_model_card
+    from kan_zoo.hub import pretrained_model_card
 
     for tag, info in PRETRAINED_WEIGHTS.items():
         card = pretrained_model_card(tag)
