@@ -14,10 +14,10 @@ Where the grid lives, and how it is refitted:
   quantiles of the pooled inputs, mixed with a uniform grid over [min, max] by ``grid_eps``
   (1 = uniform, 0 = fully adaptive; the KAN paper uses 0.02), extended by ``degree`` cells of the
   end spacing on each side.
-* rbf: one set of centres shared by all channels, with one width: uniform over [min, max] of the
-  inputs of the basis (which, in KANConvNd, are the layer's input-norm outputs).
+* rbf: one set of centres shared by all channels, with one width (buffer ``inv_width``): uniform
+  over [min, max] of the inputs of the basis (which, in KANConvNd, are the layer's input-norm outputs).
 * relu: per-channel phases (``phase_low``/``phase_high``): a uniform grid over each channel's own
-  [min, max]; the bell scale r follows the mean cell width so bells stay O(1).
+  [min, max]; the bell scale r (buffer ``scale``) follows the mean cell width so bells stay O(1).
 
 [min, max] gets a ``margin`` (fraction of the span) so the extremes are inside the grid.
 
@@ -27,6 +27,17 @@ basis by a new module. An optimizer (and a DDP wrapper) built before holds the o
 rebuild them after a grow (``GridUpdater.maybe_update`` says when). Without growth the update is
 in place and the same Parameter objects stay (optimizer moments then refer to the old grid's
 coefficients; they fade out quickly).
+
+Saving and reloading: everything a refit changes is in the layer's state_dict (knots, centres,
+rbf width, relu phases and scale, coefficients), so a refitted model's checkpoint or
+``kan_zoo.hub`` export reloads exactly. A GROWN layer's checkpoint has other shapes than the
+architecture's default: KANConvNd and KANActivation resize their basis and ``weight`` to the
+checkpoint's grid size while loading (``kan_zoo.layers.helpers.match_checkpoint_grid``), so
+``timm.create_model("local-dir:...", pretrained=True)`` of a grown export just works, per layer.
+The resize happens only when the checkpoint's basis entries and weight have exactly the shapes of
+this layer at that grid size; anything else (other channels, kernel, degree) is left to the
+ordinary strict shape check, which still fails. As after a grow, the resized layers have new
+Parameters: load before building an optimizer (timm does).
 
 Distributed training: pass ``all_gather``, a callable that takes a tensor (S, C) and returns the
 concatenation over all processes along dim 0 (``accelerator.gather`` does that); every process
@@ -168,13 +179,10 @@ def _new_basis(layer: nn.Module, t: torch.Tensor, grid_size: int, margin: float,
         with torch.no_grad():
             new.phase_low.copy_(lo.unsqueeze(1) + (i - degree) * h)
             new.phase_high.copy_(new.phase_low + (degree + 1) * h)
-        new.scale = 4.0 / float(((degree + 1) * h.mean()) ** 2)
+            new.scale.fill_(4.0 / float(((degree + 1) * h.mean()) ** 2))
     else:  # pragma: no cover - guarded by _check_layer
         raise ValueError(f"no grid refinement for {type(old).__name__}")
-    ref = next(iter(old.buffers()), None)
-    if ref is None:
-        ref = next(old.parameters())
-    return new.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+    return old._like(new)
 
 
 def grid_coverage(layer: nn.Module, t: torch.Tensor) -> float:
@@ -225,10 +233,11 @@ def update_grid(
         layer.weight = nn.Parameter(weight, requires_grad=layer.weight.requires_grad)
         layer.num_functions = int(layer.base_folded) + new_basis.num_functions
     else:
+        # In place (grid, rbf inv_width, relu scale and phases are all state_dict entries), so the
+        # optimizer, an EMA and DDP keep holding the same tensors.
         old_basis.load_state_dict(new_basis.state_dict())
-        for attr in ("grid_range", "inv_width", "scale"):
-            if hasattr(new_basis, attr):
-                setattr(old_basis, attr, getattr(new_basis, attr))
+        if hasattr(new_basis, "grid_range"):  # descriptive only (repr); not needed to compute
+            old_basis.grid_range = new_basis.grid_range
         layer.weight.copy_(weight)
     return replaced
 
@@ -296,8 +305,9 @@ class GridUpdater:
 
     ``grow`` cells are added per update up to ``max_grid_size``. ``maybe_update`` returns True when
     some parameters were replaced, i.e. the optimizer (and DDP wrapper) must be rebuilt. After any
-    update an EMA copy of the model holds the old grid: re-set it from the model (ModelEmaV3.set).
-    A checkpoint written after a grow only loads into a model created with the grown grid_size.
+    update an EMA copy of the model holds the old grid: re-set it from the model (ModelEmaV3.set,
+    which copies the state_dict, grid buffers included). A checkpoint written after a grow loads
+    into the default architecture too (see "Saving and reloading" in the module doc).
     """
 
     def __init__(self, every: int, grow: int = 0, max_grid_size: Optional[int] = None,

@@ -88,7 +88,7 @@ def default_x_range(layer: KANConvNd) -> Tuple[float, float]:
     if b.name == "bspline":
         return float(b.grid[0]), float(b.grid[-1])
     if b.name == "rbf":
-        width = 1.0 / b.inv_width
+        width = 1.0 / float(b.inv_width)
         return float(b.grid[0]) - width, float(b.grid[-1]) + width
     if b.name == "relu":
         return float(b.phase_low.min()), float(b.phase_high.max())

@@ -153,3 +153,81 @@ def test_refitted_grid_reaches_every_code_path(basis):
     torch.testing.assert_close(fused.detach(), plain, rtol=1e-4, atol=1e-5)
     fused.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+# -- refitted / grown state survives state_dict round trips and export + timm reload ------------------
+
+@pytest.mark.parametrize("kind", ["conv", "activation"])
+@pytest.mark.parametrize("grow", [False, True], ids=["refit", "grow"])
+@pytest.mark.parametrize("basis", GRID_BASES)
+def test_refitted_layer_round_trips_through_state_dict(basis, grow, kind):
+    layer = _layer(kind, basis)
+    x = _input(kind, scale=3.0)
+    update_grid(layer, x, grid_size=layer.basis.grid_size + 3 if grow else None)
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    fresh = _layer(kind, basis)  # the architecture's default grid, as timm builds it before loading
+    fresh.load_state_dict(state, strict=True)  # a grown checkpoint resizes the layer first
+    assert fresh.basis.grid_size == layer.basis.grid_size and fresh.num_functions == layer.num_functions
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), layer(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("basis", ["rbf", "relu"])
+def test_same_size_refit_updates_the_width_buffers_in_place(basis):
+    layer = _layer("conv", basis)
+    name = "inv_width" if basis == "rbf" else "scale"
+    buffer = getattr(layer.basis, name)
+    initial = float(buffer)
+    update_grid(layer, _input("conv", scale=3.0))
+    # same tensor (an EMA / DDP holding it stays in sync), new value, and part of the state_dict
+    assert getattr(layer.basis, name) is buffer and float(buffer) != pytest.approx(initial)
+    assert f"basis.{name}" in layer.state_dict()
+
+
+@pytest.mark.parametrize("basis", ["rbf", "relu"])
+def test_checkpoint_without_width_buffer_keeps_the_constructor_value(basis):
+    # state dicts written before inv_width / scale were buffers still load strictly
+    layer = _layer("conv", basis)
+    name = "basis.inv_width" if basis == "rbf" else "basis.scale"
+    state = {k: v for k, v in layer.state_dict().items() if k != name}
+    fresh = _layer("conv", basis)
+    fresh.load_state_dict(state, strict=True)
+    torch.testing.assert_close(fresh.state_dict()[name], layer.state_dict()[name])
+    with pytest.raises(RuntimeError, match="Missing key"):  # a checkpoint without the basis still fails
+        fresh.load_state_dict({"weight": layer.weight.detach()}, strict=True)
+
+
+@pytest.mark.parametrize("basis", GRID_BASES)
+def test_grown_checkpoint_does_not_hide_real_mismatches(basis):
+    layer = KANConv2d(4, 6, 3, basis=basis, norm_layer=None)
+    update_grid(layer, _input("conv"), grid_size=layer.basis.grid_size + 2)
+    state = layer.state_dict()
+    for other in (KANConv2d(4, 8, 3, basis=basis, norm_layer=None),  # other output channels
+                  KANConv2d(4, 6, 5, basis=basis, norm_layer=None)):  # other kernel
+        size, weight = other.basis.grid_size, other.weight
+        with pytest.raises(RuntimeError, match="size mismatch"):
+            other.load_state_dict(state, strict=True)
+        assert other.basis.grid_size == size and other.weight is weight  # left as it was
+
+
+@pytest.mark.parametrize("grow", [False, True], ids=["refit", "grow"])
+@pytest.mark.parametrize("name", ["kan_test_vgg_rbf", "kan_test_vgg_relu"])
+def test_refitted_model_reloads_through_timm_local_dir(name, grow, tmp_path):
+    from kan_zoo.hub import export_to_folder
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=3)
+    x = torch.randn(2, 3, 32, 32) * 2.0
+    update_grids(model, x, grow=2 if grow else 0)
+    if grow:  # grow one layer more, so sizes differ per layer as well as from the default
+        layer = grid_layers(model)[0][1]
+        update_grid(layer, samples=torch.randn(64, layer.basis.channels), grid_size=layer.basis.grid_size + 1)
+    model.eval()
+    folder = export_to_folder(model, tmp_path / "export")
+    reloaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    sizes = [m.basis.grid_size for _, m in grid_layers(model)]
+    assert [m.basis.grid_size for _, m in grid_layers(reloaded)] == sizes
+    if grow:
+        assert len(set(sizes)) > 1
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), model(x), rtol=1e-6, atol=1e-6)

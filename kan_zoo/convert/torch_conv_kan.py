@@ -29,6 +29,10 @@ REFERENCE_FAMILIES = {
 }
 
 
+# kan_zoo buffers the reference computes from its constructor arguments instead of saving.
+_CONSTRUCTOR_BUFFERS = ("basis.grid", "basis.inv_width", "basis.scale")
+
+
 def detect_reference_family(keys) -> str:
     """Which torch-conv-kan layer class a set of (prefix-free) state-dict keys comes from."""
     keys = set(keys)
@@ -94,15 +98,17 @@ def convert_layer_state_dict(state: Mapping[str, Tensor], target: Optional[torch
     The family is detected from the keys; the target is KANConvNd (or BottleneckKANConvNd for
     BottleNeckKAGN) with the basis in REFERENCE_FAMILIES and the same channels and groups.
     With ``target`` (that kan_zoo layer), buffers the reference derives from its constructor
-    instead of saving (the B-spline knots) are taken from it, and the result is checked key for
-    key and shape for shape against it, so a mismatch fails here with the names of the keys.
+    instead of saving (the B-spline knots, the FastKAN width ``basis.inv_width``, the ReLU-KAN
+    bell scale ``basis.scale``) are taken from it, and the result is checked key for key and shape
+    for shape against it, so a mismatch fails here with the names of the keys. Without ``target``
+    the width and scale are left out; loading then keeps the layer's constructor values.
     """
     out = _convert(state)
     if target is None:
         return out
     expected = target.state_dict()
     for key in expected.keys() - out.keys():
-        if key == "basis.grid":
+        if key in _CONSTRUCTOR_BUFFERS:
             out[key] = expected[key].clone()
     check_state_dict_matches(out, expected, what=type(target).__name__)
     return out

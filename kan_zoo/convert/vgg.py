@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..layers import BottleneckKANConvNd, KANConvNd
-from .torch_conv_kan import convert_layer_state_dict
+from ..layers.helpers import match_checkpoint_grid
+from .torch_conv_kan import _CONSTRUCTOR_BUFFERS, convert_layer_state_dict
 
 __all__ = ["convert_vgg_state_dict", "is_reference_vgg_state_dict", "adapt_input_channels", "adapt_kan_stem"]
 
@@ -115,7 +116,6 @@ def convert_vgg_state_dict(
     from ..hub import CheckpointMismatchError
 
     features = model.features
-    expected = model.state_dict()
     reference = is_reference_vgg_state_dict(state)
     out: Dict[str, Tensor] = {}
     missing: List[str] = []
@@ -132,6 +132,15 @@ def convert_vgg_state_dict(
             out[_HEAD + key[len(_REFERENCE_CLASSIFIER):]] = value
         else:
             out[key] = value  # ours (head.fc.*) pass through; anything else is reported below
+
+    if not reference:
+        # Grid growth (kan_zoo.grid): our checkpoint may have other grid sizes than the architecture's
+        # defaults. Resize those layers now, as their load_state_dict would, so that keys and shapes
+        # below are compared at the saved sizes; a layer that does not fit otherwise stays as it is.
+        for index, layer_state in per_layer.items():
+            if index < len(features) and isinstance(features[index], KANConvNd):
+                match_checkpoint_grid(features[index], layer_state, "")
+    expected = model.state_dict()
 
     for index, layer_state in sorted(per_layer.items()):
         prefix = f"features.{index}."
@@ -157,8 +166,11 @@ def convert_vgg_state_dict(
             cause = cause or e
             continue
         own = layer.state_dict()
-        if "basis.grid" in own and "basis.grid" not in converted:
-            converted["basis.grid"] = own["basis.grid"].clone()  # B-spline knots: never saved by the reference
+        # Never saved by the reference (B-spline knots, FastKAN width, ReLU-KAN scale), nor by kan_zoo
+        # before the width and scale became buffers: the layer's constructor values, as loading would.
+        for key in _CONSTRUCTOR_BUFFERS:
+            if key in own and key not in converted:
+                converted[key] = own[key].clone()
         out.update({prefix + k: v for k, v in converted.items()})
 
     keep_head = getattr(model, "num_classes", None) == (getattr(model, "pretrained_cfg", None) or {}).get(

@@ -18,7 +18,7 @@ network wants it, or refit the grid to the data with ``kan_zoo.grid.update_grid`
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 from timm.layers import register_notrace_module
@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .bases import get_basis_class
+from .helpers import match_checkpoint_grid
 
 __all__ = ["KANActivation"]
 
@@ -112,6 +113,11 @@ class KANActivation(nn.Module):
             if first:
                 y = y + w[None, :, 0, None] * self.basis.base(u)
         return y.reshape(x.shape)
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # A checkpoint written after grid growth has another grid size than this architecture's.
+        match_checkpoint_grid(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, basis={self.basis.name!r}, num_functions={self.num_functions}"

@@ -8,7 +8,7 @@ convolution with a fused weight of shape (C_out, F * C_in / groups, *kernel).
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, List, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.layers import register_notrace_module
@@ -24,6 +24,7 @@ from .helpers import (
     check_input,
     create_activation,
     create_norm,
+    match_checkpoint_grid,
     stack_functions,
     to_tuple,
 )
@@ -232,6 +233,11 @@ class KANConvNd(nn.Module):
 
     def _expand_conv_plain(self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         return self._conv(self.stacked_basis(x, u, mask), self.weight, self.groups)
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # A checkpoint written after grid growth has another grid size than this architecture's.
+        match_checkpoint_grid(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"

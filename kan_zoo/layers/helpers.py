@@ -90,3 +90,37 @@ def check_input(layer: nn.Module, x: torch.Tensor, ndim: int, in_channels: int) 
 
 
 CONV_FNS = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}
+
+
+def match_checkpoint_grid(layer: nn.Module, state_dict: dict, prefix: str) -> None:
+    """Load pre-step of KANConvNd / KANActivation: resize a grid basis to a checkpoint's grid size.
+
+    Grid growth (kan_zoo.grid) gives a layer more grid cells than its architecture's default, and
+    timm rebuilds the default before loading the weights. When the checkpoint's basis entries and
+    weight have exactly the shapes of this layer at the checkpoint's grid size, the basis is
+    rebuilt at that size and ``weight`` replaced by a Parameter of the new shape (values come from
+    the load). Anything else (other channels, kernel, degree) is left for the ordinary shape check
+    to report, and the layer stays as it was.
+    """
+    basis = layer.basis
+    size = basis.checkpoint_grid_size(state_dict, prefix + "basis.")
+    if size is None or size == getattr(basis, "grid_size", size):
+        return
+    try:
+        new_basis = basis.resized(size)
+    except ValueError:  # e.g. a size the basis does not accept: the shape check reports it
+        return
+    expected = {prefix + "basis." + k: tuple(v.shape) for k, v in new_basis.state_dict().items()}
+    old_functions = layer.num_functions
+    num_functions = int(layer.base_folded) + new_basis.num_functions
+    weight = layer.weight
+    per_function = weight.shape[1] // old_functions  # basis channels per group (1 for KANActivation)
+    expected[prefix + "weight"] = (weight.shape[0], num_functions * per_function) + tuple(weight.shape[2:])
+    for key, shape in expected.items():
+        value = state_dict.get(key)
+        if isinstance(value, torch.Tensor) and tuple(value.shape) != shape:
+            return
+    layer.basis = new_basis
+    layer.num_functions = num_functions
+    # A new Parameter: an optimizer built before this load would hold the old one, as after a grow.
+    layer.weight = nn.Parameter(weight.new_zeros(expected[prefix + "weight"]), requires_grad=weight.requires_grad)

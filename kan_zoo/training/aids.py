@@ -11,9 +11,11 @@ Decisions worth knowing:
 * Grid growth (``--grid-grow``) replaces parameters. In one process the optimizer's param groups are
   patched in place (the new tensors take the old ones' slots, their optimizer moments start at
   zero); with several processes the DDP wrapper would keep the old tensors, so it is refused.
-* Grid sizes and the plain-attribute grid state (rbf width, relu bell scale, grid range) are not in
-  the model's state_dict; checkpoints carry them in ``grid_state.json`` and a resume reapplies them
-  (and re-grows the layers) before the optimizer is built.
+* Refitted grid state (knots, rbf width, relu bell scale) is in the model's state_dict, and a
+  grown layer resizes itself to a checkpoint's grid size while loading, so an export reloads
+  faithfully through timm alone. A resume still needs the grid sizes *before* the optimizer is
+  built (accelerate restores the weights after it): checkpoints carry them in ``grid_state.json``,
+  and the resume re-grows the layers from it first.
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ __all__ = ["GRID_STATE_FILE", "build_regularizers", "optimizer_params", "freeze_
            "GridRefresher", "grid_state", "apply_grid_state", "group_summary"]
 
 GRID_STATE_FILE = "grid_state.json"
-# Grid state kept as plain attributes of the bases (not buffers), so missing from state_dict().
-_GRID_ATTRS = ("grid_range", "inv_width", "scale")
+# Plain (non-state_dict) attributes of the grid bases; descriptive only (the repr), kept for resumes.
+_GRID_ATTRS = ("grid_range",)
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -153,7 +155,12 @@ def apply_grid_state(model: nn.Module, state: Dict[str, Dict[str, Any]]) -> bool
             update_grid(layer, samples=samples[:, None].expand(64, c).contiguous(), grid_size=saved["grid_size"])
             grew = True
         for a, v in saved["attrs"].items():
-            setattr(layer.basis, a, tuple(v) if isinstance(v, list) else v)
+            current = getattr(layer.basis, a, None)
+            if isinstance(current, torch.Tensor):
+                # grid_state.json written before rbf width / relu scale became buffers: fill in place.
+                current.fill_(float(v))
+            else:
+                setattr(layer.basis, a, tuple(v) if isinstance(v, list) else v)
     return grew
 
 
@@ -192,8 +199,8 @@ class GridRefresher:
                 fresh = copy.deepcopy(model).eval().requires_grad_(False)
                 ema.module = fresh.to(device=getattr(ema, "device", None) or next(model.parameters()).device)
             else:
-                ema.set(model)
-                _copy_grid_attrs(model, ema.module)
+                ema.set(model)  # state_dict copy: knots, rbf width and relu scale included
+                _copy_grid_attrs(model, ema.module)  # grid_range, for an honest repr
         return True
 
 

@@ -273,45 +273,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     result = _export(args, acc, model, ema, metrics, data, data_cfg)
     result["optimizer_groups"] = group_summary(optimizer)
     if grid is not None:
-        result["grid_refits"] = grid.refits
-        _note_grid_export(acc, model, Path(result["export_dir"]), grid.refits)
+        result["grid_refits"] = grid.refits  # the export's state_dict carries the refitted grids
     acc.end_training()
     return result
-
-
-def _note_grid_export(acc: Any, model: Any, folder: Path, refits: int) -> None:
-    """Saves the grid state next to the export and says when timm alone will not reload it faithfully.
-
-    The export's config.json has no per-layer grid size, and rbf widths / relu bell scales are plain
-    attributes, not state_dict entries: a refitted rbf/relu model, or any grown one, reloads through
-    timm with the architecture's initial values. aids.apply_grid_state(model, json) restores them.
-    """
-    from .aids import GRID_STATE_FILE, grid_state
-
-    if not acc.is_main_process or not refits or not folder.is_dir():
-        return
-    state = grid_state(acc.unwrap_model(model))
-    (folder / GRID_STATE_FILE).write_text(json.dumps(state, indent=1))
-    lossy = [n for n, v in state.items() if {"inv_width", "scale"} & set(v["attrs"])]
-    sizes = {v["grid_size"] for v in state.values()}
-    if lossy or len(sizes) > 1 or (state and _default_grid_sizes(acc.unwrap_model(model)) != sizes):
-        print(f"warning: the grid refits changed state that {folder / 'config.json'} does not carry (grid "
-              f"sizes {sorted(sizes)}, rbf widths / relu scales); timm.create_model('local-dir:...') rebuilds "
-              f"the initial grids. Apply {GRID_STATE_FILE} with kan_zoo.training.aids.apply_grid_state before "
-              f"loading the weights", flush=True)
-
-
-def _default_grid_sizes(model: Any) -> set:
-    import timm
-
-    from .aids import grid_state
-
-    arch = getattr(model, "pretrained_cfg", {}).get("architecture")
-    try:
-        fresh = timm.create_model(arch, num_classes=0) if arch else None
-    except Exception:  # unusual constructor arguments: we cannot tell, so warn
-        return set()
-    return {v["grid_size"] for v in grid_state(fresh).values()} if fresh is not None else set()
 
 
 def _adapt_position(acc: Any, state: TrainState, args: Any, batches: int) -> None:

@@ -7,13 +7,13 @@ basis only describes its math; it never convolves.
 """
 from __future__ import annotations
 
-from typing import Callable, ClassVar, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Type
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["Basis", "BASES", "register_basis", "get_basis_class"]
+__all__ = ["Basis", "BASES", "register_basis", "get_basis_class", "state_shape"]
 
 # Name -> Basis subclass. Filled by @register_basis as each basis module is imported.
 BASES: Dict[str, Type["Basis"]] = {}
@@ -66,6 +66,9 @@ class Basis(nn.Module):
     default_norm: ClassVar[Optional[str]] = "instance"
     normalizes_input: ClassVar[bool] = False
     separable: ClassVar[bool] = True
+    # Buffers added after checkpoints without them were written (rbf inv_width, relu scale); see
+    # _load_from_state_dict.
+    added_buffers: ClassVar[Tuple[str, ...]] = ()
 
     def __init__(self, channels: int, degree: int) -> None:
         super().__init__()
@@ -106,8 +109,40 @@ class Basis(nn.Module):
         :meth:`expand_into`, or None to let the fused node differentiate :meth:`expand` by autograd."""
         return None
 
+    # -- grid-based bases (bspline, rbf, relu): resizing to a checkpoint written after grid growth
+    def checkpoint_grid_size(self, state_dict: Dict[str, torch.Tensor], prefix: str) -> Optional[int]:
+        """The grid size the basis entries of ``state_dict`` (keys ``prefix`` + name) were saved with,
+        or None where the basis has no grid or the entries do not say."""
+        return None
+
+    def resized(self, grid_size: int) -> "Basis":
+        """A new basis of this kind, options, device and dtype with ``grid_size`` cells (values at init)."""
+        raise NotImplementedError(f"the {self.name} basis has no grid to resize")
+
+    def _like(self, new: "Basis") -> "Basis":
+        """``new`` moved to this basis's device and floating dtype."""
+        ref = next(iter(self.buffers()), None)
+        if ref is None:
+            ref = next(self.parameters())
+        return new.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Checkpoints written before ``added_buffers`` existed (and converted reference weights
+        # without a target) lack them; they were loaded into the constructor's value then, so keep it.
+        # Only when the checkpoint has this basis at all, so a missing basis still fails strict loading.
+        if self.added_buffers and any(k.startswith(prefix) for k in state_dict):
+            for name in self.added_buffers:
+                state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def extra_repr(self) -> str:
         return f"channels={self.channels}, degree={self.degree}, num_functions={self.num_functions}"
+
+
+def state_shape(state_dict: Dict[str, Any], key: str) -> Optional[Tuple[int, ...]]:
+    """Shape of ``state_dict[key]`` when it is a tensor, else None."""
+    value = state_dict.get(key)
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
 
 def channel_view(param: torch.Tensor, ndim_spatial: int) -> torch.Tensor:

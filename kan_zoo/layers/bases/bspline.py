@@ -1,11 +1,11 @@
 """Uniform B-splines (the original KAN)."""
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .base import Basis, register_basis
+from .base import Basis, register_basis, state_shape
 
 
 @register_basis
@@ -47,6 +47,13 @@ class BSplineBasis(Basis):
             right = (g[k + 1 :] - x) / (g[k + 1 :] - g[1:-k])
             bases = left * bases[..., :-1] + right * bases[..., 1:]
         return list(bases.unbind(-1))
+
+    def checkpoint_grid_size(self, state_dict: Dict[str, torch.Tensor], prefix: str) -> Optional[int]:
+        shape = state_shape(state_dict, prefix + "grid")
+        return shape[0] - 2 * self.degree - 1 if shape is not None and len(shape) == 1 else None
+
+    def resized(self, grid_size: int) -> "BSplineBasis":
+        return self._like(BSplineBasis(self.channels, self.degree, grid_size=grid_size, grid_range=self.grid_range))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, grid_size={self.grid_size}, grid_range={self.grid_range}"

@@ -1,11 +1,11 @@
 """Gaussian radial basis functions (FastKAN)."""
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .base import Basis, register_basis
+from .base import Basis, register_basis, state_shape
 
 
 @register_basis
@@ -14,9 +14,13 @@ class RBFBasis(Basis):
 
     z is the layer's norm applied to the INPUT channels (``normalizes_input``), as in FastKAN; the
     layer has no output norm or activation. ``degree`` does not apply: ``grid_size`` sets the size.
+
+    ``inv_width`` (1 / h) is a persistent buffer, not a constant: grid refinement (kan_zoo.grid)
+    moves the centres and changes h, and a reloaded model must compute with the refitted width.
     """
 
     name = "rbf"
+    added_buffers = ("inv_width",)
     output_activation = "identity"
     normalizes_input = True
 
@@ -30,16 +34,24 @@ class RBFBasis(Basis):
         if not hi > lo:
             raise ValueError(f"grid_range must be increasing, got {tuple(grid_range)}")
         self.grid_size, self.grid_range = grid_size, (lo, hi)
-        self.inv_width = (grid_size - 1) / (hi - lo)
         self.register_buffer("grid", torch.linspace(lo, hi, grid_size))
+        # 0-dim buffer: saved with the weights, moved by .to(), copied by EMA and broadcast by DDP.
+        self.register_buffer("inv_width", torch.tensor((grid_size - 1) / (hi - lo)))
 
     @property
     def num_functions(self) -> int:
         return self.grid_size
 
     def expand(self, t: torch.Tensor) -> List[torch.Tensor]:
-        z = (t.unsqueeze(-1) - self.grid.to(t.dtype)) * self.inv_width
+        z = (t.unsqueeze(-1) - self.grid.to(t.dtype)) * self.inv_width.to(t.dtype)
         return list(torch.exp(-(z * z)).unbind(-1))
+
+    def checkpoint_grid_size(self, state_dict: Dict[str, torch.Tensor], prefix: str) -> Optional[int]:
+        shape = state_shape(state_dict, prefix + "grid")
+        return shape[0] if shape is not None and len(shape) == 1 else None
+
+    def resized(self, grid_size: int) -> "RBFBasis":
+        return self._like(RBFBasis(self.channels, self.degree, grid_size=grid_size, grid_range=self.grid_range))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, grid_size={self.grid_size}, grid_range={self.grid_range}"
