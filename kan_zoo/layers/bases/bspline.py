@@ -1,7 +1,7 @@
 """Uniform B-splines (the original KAN)."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -47,6 +47,67 @@ class BSplineBasis(Basis):
             right = (g[k + 1 :] - x) / (g[k + 1 :] - g[1:-k])
             bases = left * bases[..., :-1] + right * bases[..., 1:]
         return list(bases.unbind(-1))
+
+    # -- the fused node's fast path: Cox-de Boor in the stacked (function-major) layout, adjoint by hand
+    def _levels(self, t: torch.Tensor, level: int, out: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """B_{j, level} for all j (1 <= level <= degree), each shaped like t; the last level is written
+        into ``out[:, :, j]`` when given. t is (N, G, c, *spatial).
+
+        Why this shape of loop: the trailing-function-axis layout of :meth:`expand` runs every op
+        with a tiny strided inner dimension; here every op is a contiguous pass over one function.
+        D_j = t - g_j is shared by all levels, and level 1 is the hat max(0, min(left, right)),
+        which equals left * I_j + right * I_{j+1} on increasing knots (one of the two is <= 1 <= the other).
+        """
+        g: List[float] = self.grid.to(t.dtype).tolist()  # knots (after refits: non-uniform)
+        n_knots = len(g)
+        diffs = [t - gj for gj in g]  # D_j
+        tmp = torch.empty_like(t)
+        bases: List[torch.Tensor] = []
+        for j in range(n_knots - 2):  # level 1: one hat per pair of cells
+            last = level == 1 and out is not None
+            b = out[:, :, j] if last else torch.empty_like(t)
+            torch.mul(diffs[j], 1.0 / (g[j + 1] - g[j]), out=b)
+            torch.mul(diffs[j + 2], -1.0 / (g[j + 2] - g[j + 1]), out=tmp)
+            torch.minimum(b, tmp, out=b)
+            b.clamp_(min=0)
+            bases.append(b)
+        for k in range(2, level + 1):
+            last = k == level and out is not None
+            for j in range(n_knots - 1 - k):
+                # B_{j,k} = (t - g_j) / (g_{j+k} - g_j) B_{j,k-1} + (g_{j+k+1} - t) / (g_{j+k+1} - g_{j+1}) B_{j+1,k-1};
+                # in place over B_{j,k-1}, which no later j reads.
+                torch.mul(diffs[j], bases[j], out=tmp).mul_(1.0 / (g[j + k] - g[j]))
+                target = out[:, :, j] if last else bases[j]
+                torch.addcmul(tmp, diffs[j + k + 1], bases[j + 1], value=-1.0 / (g[j + k + 1] - g[j + 1]), out=target)
+                bases[j] = target
+            bases.pop()
+        return bases
+
+    def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
+        if self.degree == 0:  # indicators only: nothing to gain over the default
+            return super().expand_into(t, out)
+        self._levels(t.unflatten(1, (out.shape[1], -1)), self.degree, out)
+
+    def expand_backward(self, t: torch.Tensor, grad_out: torch.Tensor) -> Optional[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]:
+        """dB_{i,S}/dt = S / (g_{i+S} - g_i) B_{i,S-1} - S / (g_{i+S+1} - g_{i+1}) B_{i+1,S-1} (Cox-de Boor's
+        derivative; the knots are a buffer, so t is the only input with a gradient)."""
+        s = self.degree
+        if s == 0:  # piecewise constant: let autograd give its zeros
+            return None
+        tv = t.unflatten(1, (grad_out.shape[1], -1))
+        g: List[float] = self.grid.to(t.dtype).tolist()
+        if s == 1:  # B_{j,0}: the cell indicators
+            lower = [(tv >= gj).to(t.dtype) for gj in g]
+            below = [lower[j] - lower[j + 1] for j in range(len(g) - 1)]
+        else:
+            below = self._levels(tv, s - 1)
+        grad_t = torch.zeros_like(tv)
+        tmp = torch.empty_like(tv)
+        for i in range(self.num_functions):
+            torch.mul(below[i + 1], -s / (g[i + s + 1] - g[i + 1]), out=tmp)
+            tmp.add_(below[i], alpha=s / (g[i + s] - g[i]))
+            grad_t.addcmul_(tmp, grad_out[:, :, i])
+        return grad_t.flatten(1, 2), {}
 
     def checkpoint_grid_size(self, state_dict: Dict[str, torch.Tensor], prefix: str) -> Optional[int]:
         shape = state_shape(state_dict, prefix + "grid")

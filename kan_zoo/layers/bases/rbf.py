@@ -1,7 +1,7 @@
 """Gaussian radial basis functions (FastKAN)."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -45,6 +45,26 @@ class RBFBasis(Basis):
     def expand(self, t: torch.Tensor) -> List[torch.Tensor]:
         z = (t.unsqueeze(-1) - self.grid.to(t.dtype)) * self.inv_width.to(t.dtype)
         return list(torch.exp(-(z * z)).unbind(-1))
+
+    # -- the fused node's fast path: each Gaussian written in place in the stacked layout, adjoint by hand
+    def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
+        tv = t.unflatten(1, (out.shape[1], -1))
+        inv_width = self.inv_width.to(t.dtype).item()  # a scalar: in-place ops take it without broadcasting
+        for i, mu in enumerate(self.grid.to(t.dtype).tolist()):
+            z = torch.sub(tv, mu, out=out[:, :, i]).mul_(inv_width)
+            z.mul_(z).neg_().exp_()  # exp(-(z * z)), the same roundings as expand
+
+    def expand_backward(self, t: torch.Tensor, grad_out: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """d/dt exp(-z_i^2) = -2 z_i inv_width exp(-z_i^2); centres and width are buffers (no gradient)."""
+        tv = t.unflatten(1, (grad_out.shape[1], -1))
+        inv_width = self.inv_width.to(t.dtype).item()
+        grad_t = torch.zeros_like(tv)
+        z, e = torch.empty_like(tv), torch.empty_like(tv)
+        for i, mu in enumerate(self.grid.to(t.dtype).tolist()):
+            torch.sub(tv, mu, out=z).mul_(inv_width)
+            torch.mul(z, z, out=e).neg_().exp_().mul_(z)
+            grad_t.addcmul_(e, grad_out[:, :, i])
+        return grad_t.mul_(-2.0 * inv_width).flatten(1, 2), {}
 
     def checkpoint_grid_size(self, state_dict: Dict[str, torch.Tensor], prefix: str) -> Optional[int]:
         shape = state_shape(state_dict, prefix + "grid")

@@ -1,7 +1,7 @@
 """ReLU-KAN: squared products of ReLUs, a cheap bell on each grid cell."""
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -47,6 +47,58 @@ class ReLUBasis(Basis):
         high = self.phase_high.to(t.dtype).reshape(self.phase_high.shape + spatial)
         bell = self.scale.to(t.dtype) * torch.relu(x - low) * torch.relu(high - x)
         return list((bell * bell).unbind(2))
+
+    # -- the fused node's fast path: each bell written in place in the stacked layout, adjoint by hand
+    def _phases(self, t: torch.Tensor, groups: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """phase_low / phase_high as (F, 1, G, C / G, 1, ...): slice i broadcasts against t (N, G, C / G, *spatial)."""
+        shape = (self.num_functions, 1, groups, -1) + (1,) * (t.ndim - 2)
+        # detached: the fast path never runs under autograd, and out= ops refuse tensors that need grad
+        low = self.phase_low.detach().to(t.dtype).t().reshape(shape)
+        high = self.phase_high.detach().to(t.dtype).t().reshape(shape)
+        return low, high
+
+    def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
+        tv = t.unflatten(1, (out.shape[1], -1))
+        low, high = self._phases(t, out.shape[1])
+        scale = self.scale.to(t.dtype).item()
+        tmp = torch.empty_like(tv)
+        for i in range(self.num_functions):
+            # (scale * relu(x - a)) * relu(b - x), squared: the same order (and roundings) as expand
+            bell = torch.sub(tv, low[i], out=out[:, :, i]).relu_().mul_(scale)
+            bell.mul_(torch.sub(high[i], tv, out=tmp).relu_())
+            bell.mul_(bell)
+
+    def expand_backward(self, t: torch.Tensor, grad_out: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """B = (s P Q)^2 with P = relu(x - a), Q = relu(b - x). Where B != 0 both P, Q > 0, so with
+        h = P Q dL/dB: dL/dx = 2 s^2 h (Q - P), dL/da = -2 s^2 h Q, dL/db = 2 s^2 h P; where B = 0
+        every term is 0, as autograd's relu backward gives."""
+        groups = grad_out.shape[1]
+        tv = t.unflatten(1, (groups, -1))
+        low, high = self._phases(t, groups)
+        factor = 2.0 * self.scale.to(t.dtype).item() ** 2
+        want_low, want_high = self.phase_low.requires_grad, self.phase_high.requires_grad
+        reduce_dims = (0,) + tuple(range(3, tv.ndim))  # batch and spatial: one value per channel
+        grad_t = torch.zeros_like(tv)
+        p, q, h = torch.empty_like(tv), torch.empty_like(tv), torch.empty_like(tv)
+        grad_low: List[torch.Tensor] = []
+        grad_high: List[torch.Tensor] = []
+        for i in range(self.num_functions):
+            torch.sub(tv, low[i], out=p).relu_()
+            torch.sub(high[i], tv, out=q).relu_()
+            torch.mul(p, q, out=h).mul_(grad_out[:, :, i])
+            q.mul_(h)  # h Q
+            p.mul_(h)  # h P
+            grad_t.add_(q).sub_(p)
+            if want_low:
+                grad_low.append(q.sum(reduce_dims).flatten())
+            if want_high:
+                grad_high.append(p.sum(reduce_dims).flatten())
+        grads: Dict[str, torch.Tensor] = {}
+        if want_low:
+            grads["phase_low"] = torch.stack(grad_low, 1).mul_(-factor).to(self.phase_low.dtype)
+        if want_high:
+            grads["phase_high"] = torch.stack(grad_high, 1).mul_(factor).to(self.phase_high.dtype)
+        return grad_t.mul_(factor).flatten(1, 2), grads
 
     def checkpoint_grid_size(self, state_dict: Dict[str, torch.Tensor], prefix: str) -> Optional[int]:
         shape = state_shape(state_dict, prefix + "phase_low")

@@ -1,0 +1,132 @@
+"""The fused node's fast path of the grid bases (bspline, rbf, relu): expand_into equals the stacked
+expand, expand_backward equals autograd of expand, also on refitted (non-uniform) grids."""
+from typing import List
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from kan_zoo.grid import update_grid
+from kan_zoo.layers import BASES, KANConv2d
+from kan_zoo.layers.bases.base import Basis
+
+GRID_BASES = ["bspline", "rbf", "relu"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny float64 tensors: a second intra-op thread only adds synchronisation on a busy machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _check_against_expand(basis: Basis, t: torch.Tensor, groups: int) -> None:
+    """expand_into vs torch.stack(expand) in the stacked layout; expand_backward vs autograd."""
+    n, c = t.shape[:2]
+    f = basis.num_functions
+    expected = torch.stack(basis.expand(t), 1)  # (N, F, C, *spatial)
+    expected = expected.unflatten(2, (groups, -1)).transpose(1, 2)  # (N, G, F, C / G, *spatial)
+    out = torch.full((n, groups, f, c // groups) + t.shape[2:], float("nan"), dtype=t.dtype)
+    with torch.no_grad():
+        basis.expand_into(t, out)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+    grad_out = torch.randn_like(out)
+    td = t.clone().requires_grad_(True)
+    params = [(name, p) for name, p in basis.named_parameters() if p.requires_grad]
+    wanted = torch.autograd.grad(
+        basis.expand(td), [td] + [p for _, p in params], [grad_out[:, :, i].flatten(1, 2) for i in range(f)]
+    )
+    with torch.no_grad():
+        result = basis.expand_backward(t, grad_out)
+    assert result is not None, "the fast path must not fall back to autograd"
+    grad_t, grad_params = result
+    torch.testing.assert_close(grad_t, wanted[0], rtol=1e-10, atol=1e-10)
+    assert sorted(grad_params) == sorted(name for name, _ in params)
+    for (name, _), want in zip(params, wanted[1:]):
+        torch.testing.assert_close(grad_params[name], want, rtol=1e-10, atol=1e-10)
+
+
+def _sample(shape: List[int]) -> torch.Tensor:
+    # Wide enough to cover the grid, its edges and beyond (where every function is 0).
+    return torch.randn(*shape, dtype=torch.float64) * 1.5
+
+
+@pytest.mark.parametrize("basis_name,options", [
+    ("bspline", {"degree": 1}), ("bspline", {"degree": 2}), ("bspline", {"degree": 3}),
+    ("bspline", {"degree": 3, "grid_size": 7, "grid_range": (-2.0, 1.0)}),
+    ("rbf", {}), ("rbf", {"grid_size": 5, "grid_range": (-1.0, 3.0)}),
+    ("relu", {}), ("relu", {"degree": 2, "grid_size": 4, "train_phases": False}),
+])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_fast_path_matches_expand(basis_name, options, groups):
+    torch.manual_seed(0)
+    basis = BASES[basis_name](4, **options).double()
+    if basis_name == "relu" and basis.phase_low.requires_grad:
+        with torch.no_grad():  # per-channel phases off their initial values
+            basis.phase_low.add_(0.05 * torch.randn_like(basis.phase_low))
+            basis.phase_high.add_(0.05 * torch.randn_like(basis.phase_high))
+    t = _sample([2, 4, 5, 3])
+    t[0, 0, 0, :3] = basis.grid[:3].double() if hasattr(basis, "grid") else 0.0  # exactly on knots / centres
+    _check_against_expand(basis, t, groups)
+
+
+@pytest.mark.parametrize("basis_name", GRID_BASES)
+def test_fast_path_after_grid_refit(basis_name):
+    """update_grid moves the knots (non-uniform), rbf's width and relu's scale and phases."""
+    torch.manual_seed(1)
+    layer = KANConv2d(4, 4, 3, padding=1, basis=basis_name).double()
+    x = torch.randn(6, 4, 6, 6, dtype=torch.float64).pow(3) + 0.3  # skewed: uneven quantiles
+    before = {k: v.clone() for k, v in layer.basis.state_dict().items()}
+    update_grid(layer, x)
+    after = layer.basis.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before), "the refit changed nothing"
+    if basis_name == "bspline":
+        steps = after["grid"].diff()
+        assert (steps.max() - steps.min()) > 1e-3, "the refitted knots should be non-uniform"
+    _check_against_expand(layer.basis, _sample([2, 4, 5, 3]), 1)
+
+
+@pytest.mark.parametrize("basis_name,options", [
+    ("bspline", {}), ("rbf", {}), ("relu", {}), ("relu", {"train_phases": False}),
+])
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_layer_gradcheck_through_fused_node(basis_name, options, memory_efficient, monkeypatch):
+    """float64 finite differences of a training-mode KANConv2d, whose backward runs expand_backward."""
+    torch.manual_seed(2)
+    layer = KANConv2d(4, 4, 3, padding=1, groups=2, basis=basis_name, memory_efficient=memory_efficient,
+                      **options).double().train()
+    if basis_name == "bspline":
+        update_grid(layer, torch.randn(4, 4, 5, 5, dtype=torch.float64).pow(3))  # non-uniform knots
+    calls = []
+    fast = type(layer.basis).expand_backward
+
+    def counted(self, t, grad_out):
+        calls.append(1)
+        return fast(self, t, grad_out)
+
+    monkeypatch.setattr(type(layer.basis), "expand_backward", counted)
+    names = [n for n, p in layer.named_parameters() if p.requires_grad]
+    params = tuple(p.detach().clone().requires_grad_() for p in layer.parameters() if p.requires_grad)
+
+    def run(inp, *ps):
+        return functional_call(layer, dict(zip(names, ps)), (inp,))
+
+    x = torch.randn(2, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    y = run(x, *params)
+    assert any("ExpandConv" in type(node).__name__ for node in _graph_nodes(y.grad_fn))
+    assert torch.autograd.gradcheck(run, (x,) + params, eps=1e-6, atol=1e-5, rtol=1e-4)
+    assert calls, "the backward did not go through expand_backward"
+
+
+def _graph_nodes(root) -> list:
+    seen, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.append(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return seen
