@@ -70,7 +70,9 @@ def run(bases: Sequence[str], epochs: int, img_size: int, workdir: Path, seed: i
         timing = out / "train_seconds.txt"
         if not (out / "export" / "config.json").exists() or not timing.exists():
             start = time.time()
-            train_main(train_args(name, data, out, epochs, img_size, seed))
+            # A run killed earlier resumes from its checkpoints (its train time then counts this part only).
+            resume = ["--resume"] if (out / "checkpoints").is_dir() else []
+            train_main(train_args(name, data, out, epochs, img_size, seed) + resume)
             timing.write_text(f"{time.time() - start:.1f}")
         train_s = float(timing.read_text())  # a finished run is reused, with its own time
         acc, n = evaluate_folder(out / "export", data, "test")

@@ -217,15 +217,18 @@ class KANConvNd(nn.Module):
             u.requires_grad or self.weight.requires_grad or any(p.requires_grad for p in params)
             or (x is not None and x.requires_grad)
         )
-        if not needs_grad:
-            return self._conv(self.stacked_basis(x, u, mask), self.weight, self.groups)
-        fusable = (
-            self.numeric_padding is not None
-            and not torch.compiler.is_compiling()  # let the compiler see (and fuse) the plain ops
-            and u.device.type != "meta"  # shapes only: nothing to save, and no autocast state to ask
+        # The in-place fast path (and the fused node built on it) runs eagerly only: the compiler and
+        # exporters must see the plain ops, meta tensors have nothing to compute, and autocast picks
+        # dtypes per op, which the preallocated stacked tensor would not follow.
+        eager = (
+            not torch.compiler.is_compiling()
+            and u.device.type != "meta"
             and not torch.is_autocast_enabled(u.device.type)
         )
-        if fusable:
+        if not needs_grad:  # inference: same numbers, no per-function tensors and no concatenation pass
+            stacked = self.stacked_basis_into(x, u, mask) if eager else self.stacked_basis(x, u, mask)
+            return self._conv(stacked, self.weight, self.groups)
+        if eager and self.numeric_padding is not None:
             return ExpandConvFunction.apply(self, not self.memory_efficient, x, u, mask, self.weight, *params)
         if self.memory_efficient:
             return checkpoint(self._expand_conv_plain, x, u, mask, use_reentrant=False)

@@ -143,6 +143,23 @@ def test_eval_output_of_a_sample_does_not_depend_on_the_batch(basis, norm_layer)
     torch.testing.assert_close(other, batch[:1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("basis", [b for b, cls in BASES.items() if cls.separable])
+@pytest.mark.parametrize("bottleneck", [False, True])
+def test_inference_fast_path_equals_the_stacked_expansion(basis, bottleneck):
+    """Without grad the layer writes the basis in place (expand_into); it must compute what the
+    reference path (expand + stack, used under compile/export/autocast) computes."""
+    if bottleneck and basis not in BOTTLENECK_BASES:
+        pytest.skip("no bottleneck form")
+    torch.manual_seed(0)
+    layer = (BOTTLENECKS if bottleneck else CONVS)[2](4, 6, 3, padding=1, groups=2, basis=basis).double().eval()
+    x = torch.randn(3, 4, 7, 7, dtype=torch.float64) * 1.5
+    with torch.no_grad():
+        fast = layer(x)
+        layer.stacked_basis_into = layer.stacked_basis  # force the reference path
+        reference = layer(x)
+    torch.testing.assert_close(fast, reference, rtol=1e-12, atol=1e-12)
+
+
 def test_dropout_only_in_training():
     layer = KANConv2d(4, 4, 3, padding=1, dropout=0.5)
     x = torch.randn(2, 4, 6, 6)
