@@ -30,8 +30,8 @@ from torch import nn
 from .config import ConfigError
 from .modeling import ModelError
 
-__all__ = ["GRID_STATE_FILE", "build_regularizers", "optimizer_params", "freeze_backbone", "set_frozen_norms_eval",
-           "GridRefresher", "grid_state", "apply_grid_state", "group_summary"]
+__all__ = ["GRID_STATE_FILE", "build_regularizers", "optimizer_params", "freeze_backbone", "GridRefresher",
+           "grid_state", "apply_grid_state", "read_grid_state", "group_summary"]
 
 GRID_STATE_FILE = "grid_state.json"
 # Plain (non-state_dict) attributes of the grid bases; descriptive only (the repr), kept for resumes.
@@ -67,12 +67,6 @@ def freeze_backbone(model: nn.Module) -> List[nn.Module]:
     return [m for m in model.modules() if isinstance(m, _NORMS) and id(m) not in head_modules]
 
 
-def set_frozen_norms_eval(norms: List[nn.Module]) -> None:
-    """Called after every model.train(): frozen norms keep using (and keeping) their running stats."""
-    for m in norms:
-        m.eval()
-
-
 def optimizer_params(model: nn.Module, args: Any) -> Union[nn.Module, List[Dict[str, Any]]]:
     """What create_optimizer_v2 gets: the model itself (timm groups it, with --layer-decay if given),
     or explicit groups when --basis-lr-mult / --basis-wd-mult ask for basis groups.
@@ -94,7 +88,7 @@ def optimizer_params(model: nn.Module, args: Any) -> Union[nn.Module, List[Dict[
                           weight_decay=args.weight_decay)
     if args.layer_decay is None:
         return groups
-    from timm.optim._param_groups import param_groups_layer_decay
+    from timm.optim import param_groups_layer_decay
 
     # timm's groups only serve as the map parameter -> layer scale; weight decay comes from ours.
     layer_scale = {id(p): g["lr_scale"] for g in param_groups_layer_decay(model, 0.0, layer_decay=args.layer_decay)
@@ -215,10 +209,6 @@ def _swap_params(optimizer: Any, before: Dict[str, nn.Parameter], after: Dict[st
             if id(p) in moved:
                 optimizer.state.pop(p, None)
                 group["params"][i] = moved[id(p)]
-
-
-def write_grid_state(folder: Path, model: nn.Module) -> None:
-    (Path(folder) / GRID_STATE_FILE).write_text(json.dumps(grid_state(model), indent=1))
 
 
 def read_grid_state(folder: Path) -> Optional[Dict[str, Dict[str, Any]]]:
