@@ -130,3 +130,24 @@ def _graph_nodes(root) -> list:
         seen.append(node)
         stack.extend(next_node for next_node, _ in node.next_functions)
     return seen
+
+
+def test_host_values_follow_every_change_of_the_buffer():
+    """The fast paths read knots / widths as floats, cached per buffer: refits, loads and moves must show."""
+    import copy
+    import pickle
+
+    layer = KANConv2d(4, 4, 3, padding=1, basis="bspline")
+    basis = layer.basis
+    first = basis.host_values("grid", torch.float32)
+    assert first == basis.grid.tolist()
+    update_grid(layer, torch.randn(64, 4, 5, 5).pow(3))  # in place: same tensor, new version
+    assert basis.host_values("grid", torch.float32) == basis.grid.tolist() != first
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    fresh = KANConv2d(4, 4, 3, padding=1, basis="bspline")
+    fresh.basis.host_values("grid", torch.float32)
+    fresh.load_state_dict(state)
+    assert fresh.basis.host_values("grid", torch.float32) == basis.grid.tolist()
+    doubled = copy.deepcopy(layer).double()  # a new tensor, and another dtype
+    assert doubled.basis.host_values("grid", torch.float64) == doubled.basis.grid.tolist()
+    pickle.loads(pickle.dumps(layer))  # nothing unpicklable is stored on the module

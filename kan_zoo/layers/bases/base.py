@@ -12,6 +12,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Type
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = ["Basis", "BASES", "register_basis", "get_basis_class", "state_shape"]
 
@@ -35,6 +36,10 @@ def get_basis_class(name: str) -> Type["Basis"]:
     except KeyError:
         raise ValueError(f"unknown basis {name!r}; valid bases are: {', '.join(BASES)}") from None
 
+
+# buffer -> ((version, dtype), its values as floats): see Basis.host_values.
+# Keyed by identity: a plain WeakKeyDictionary would compare tensors with ==, which is elementwise.
+_HOST_VALUES = WeakIdKeyDictionary()
 
 _ACTIVATIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
@@ -134,6 +139,22 @@ class Basis(nn.Module):
             for name in self.added_buffers:
                 state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def host_values(self, name: str, dtype: torch.dtype) -> List[float]:
+        """The buffer ``name`` rounded to ``dtype``, as Python floats for the in-place fast paths.
+
+        Reading a CUDA tensor on the host waits for the device, so the values are kept until the
+        buffer changes: the cache is keyed weakly by the buffer tensor itself (a new tensor, e.g.
+        after .to() or a reassignment, misses; a dropped one leaves the cache) and checks its version
+        counter (in-place updates such as grid refits and load_state_dict bump it). Floats, not
+        tensors, are kept, and nothing is stored on the module (it pickles and deep-copies as before).
+        """
+        buffer = getattr(self, name)
+        key = (buffer._version, dtype)
+        hit = _HOST_VALUES.get(buffer)
+        if hit is None or hit[0] != key:
+            hit = _HOST_VALUES[buffer] = (key, buffer.detach().to(dtype).reshape(-1).tolist())
+        return hit[1]
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, degree={self.degree}, num_functions={self.num_functions}"

@@ -58,7 +58,7 @@ class BSplineBasis(Basis):
         D_j = t - g_j is shared by all levels, and level 1 is the hat max(0, min(left, right)),
         which equals left * I_j + right * I_{j+1} on increasing knots (one of the two is <= 1 <= the other).
         """
-        g: List[float] = self.grid.to(t.dtype).tolist()  # knots (after refits: non-uniform)
+        g = self.host_values("grid", t.dtype)  # knots (after refits: non-uniform)
         n_knots = len(g)
         diffs = [t - gj for gj in g]  # D_j
         tmp = torch.empty_like(t)
@@ -95,7 +95,7 @@ class BSplineBasis(Basis):
         if s == 0:  # piecewise constant: let autograd give its zeros
             return None
         tv = t.unflatten(1, (grad_out.shape[1], -1))
-        g: List[float] = self.grid.to(t.dtype).tolist()
+        g = self.host_values("grid", t.dtype)
         if s == 1:  # B_{j,0}: the cell indicators
             lower = [(tv >= gj).to(t.dtype) for gj in g]
             below = [lower[j] - lower[j + 1] for j in range(len(g) - 1)]

@@ -49,18 +49,18 @@ class RBFBasis(Basis):
     # -- the fused node's fast path: each Gaussian written in place in the stacked layout, adjoint by hand
     def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
         tv = t.unflatten(1, (out.shape[1], -1))
-        inv_width = self.inv_width.to(t.dtype).item()  # a scalar: in-place ops take it without broadcasting
-        for i, mu in enumerate(self.grid.to(t.dtype).tolist()):
+        inv_width = self.host_values("inv_width", t.dtype)[0]  # a scalar: in-place ops take it without broadcasting
+        for i, mu in enumerate(self.host_values("grid", t.dtype)):
             z = torch.sub(tv, mu, out=out[:, :, i]).mul_(inv_width)
             z.mul_(z).neg_().exp_()  # exp(-(z * z)), the same roundings as expand
 
     def expand_backward(self, t: torch.Tensor, grad_out: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """d/dt exp(-z_i^2) = -2 z_i inv_width exp(-z_i^2); centres and width are buffers (no gradient)."""
         tv = t.unflatten(1, (grad_out.shape[1], -1))
-        inv_width = self.inv_width.to(t.dtype).item()
+        inv_width = self.host_values("inv_width", t.dtype)[0]
         grad_t = torch.zeros_like(tv)
         z, e = torch.empty_like(tv), torch.empty_like(tv)
-        for i, mu in enumerate(self.grid.to(t.dtype).tolist()):
+        for i, mu in enumerate(self.host_values("grid", t.dtype)):
             torch.sub(tv, mu, out=z).mul_(inv_width)
             torch.mul(z, z, out=e).neg_().exp_().mul_(z)
             grad_t.addcmul_(e, grad_out[:, :, i])

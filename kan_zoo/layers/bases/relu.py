@@ -60,7 +60,7 @@ class ReLUBasis(Basis):
     def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
         tv = t.unflatten(1, (out.shape[1], -1))
         low, high = self._phases(t, out.shape[1])
-        scale = self.scale.to(t.dtype).item()
+        scale = self.host_values("scale", t.dtype)[0]
         tmp = torch.empty_like(tv)
         for i in range(self.num_functions):
             # (scale * relu(x - a)) * relu(b - x), squared: the same order (and roundings) as expand
@@ -75,7 +75,7 @@ class ReLUBasis(Basis):
         groups = grad_out.shape[1]
         tv = t.unflatten(1, (groups, -1))
         low, high = self._phases(t, groups)
-        factor = 2.0 * self.scale.to(t.dtype).item() ** 2
+        factor = 2.0 * self.host_values("scale", t.dtype)[0] ** 2
         want_low, want_high = self.phase_low.requires_grad, self.phase_high.requires_grad
         reduce_dims = (0,) + tuple(range(3, tv.ndim))  # batch and spatial: one value per channel
         grad_t = torch.zeros_like(tv)
