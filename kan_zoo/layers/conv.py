@@ -17,6 +17,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .bases import get_basis_class
 from .fused import ExpandConvFunction, numeric_padding
+from .triton_basis import expand_conv as triton_expand_conv
+from .triton_basis import triton_applies
 from .helpers import (
     CONV_FNS,
     NormSpec,
@@ -212,6 +214,8 @@ class KANConvNd(nn.Module):
     def expand_conv(self, x: Optional[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
         """conv(stacked basis of (x, u), weight): one fused autograd node where it applies."""
         mask = self.dropout_mask(u)
+        if triton_applies(self, x, u, mask):  # CUDA: one fused kernel each way (kan_zoo.layers.triton_basis)
+            return triton_expand_conv(self, x, u, mask)
         params = list(self.basis.parameters())
         needs_grad = torch.is_grad_enabled() and (
             u.requires_grad or self.weight.requires_grad or any(p.requires_grad for p in params)

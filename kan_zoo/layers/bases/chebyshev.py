@@ -1,9 +1,6 @@
 """Chebyshev polynomials of the first kind (KACN)."""
 from __future__ import annotations
 
-
-import torch
-
 from .base import register_basis
 from .recurrence import Coefficients, ThreeTermRecurrenceBasis
 
@@ -22,9 +19,7 @@ class ChebyshevBasis(ThreeTermRecurrenceBasis):
     name = "chebyshev"
     base_activation = None
     output_activation = "identity"
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(x).clamp(-_EDGE, _EDGE)
+    tanh_clamp = _EDGE
 
     def coefficients(self) -> Coefficients:
         return [(1.0, 0.0, 0.0)] + [(2.0, 0.0, 1.0)] * (self.degree - 1)

@@ -8,7 +8,7 @@ adjoint in a few passes per degree instead of replaying ``expand`` under autogra
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import ClassVar, Dict, List, Optional, Tuple
 
 import torch
 
@@ -21,13 +21,16 @@ class ThreeTermRecurrenceBasis(Basis):
     """A Basis whose functions P_0..P_degree follow the recurrence given by :meth:`coefficients`."""
 
     base_activation = "identity"
+    # Where set, t = tanh(x) is clamped to +-tanh_clamp (Chebyshev's acos edge); the Triton path reads it too.
+    tanh_clamp: ClassVar[Optional[float]] = None
 
     @property
     def num_functions(self) -> int:
         return self.degree + 1
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(x)
+        t = torch.tanh(x)
+        return t if self.tanh_clamp is None else t.clamp(-self.tanh_clamp, self.tanh_clamp)
 
     def coefficients(self) -> Coefficients:
         raise NotImplementedError
