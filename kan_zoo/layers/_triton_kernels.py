@@ -1,4 +1,4 @@
-"""Triton kernels for the three-term-recurrence bases (gram, chebyshev, legendre, jacobi).
+"""Triton kernels for the basis expansion of gram, chebyshev, legendre, jacobi, bernstein and rbf layers.
 
 Imported lazily by kan_zoo.layers.triton_basis, only when a layer takes the Triton path, so that
 ``import kan_zoo`` never needs Triton. Every kernel is 1-D over the input u (N, C, *spatial): each
@@ -6,8 +6,12 @@ element is read once and its (base branch +) degree + 1 functions are written to
 gradients read from, the layer's stacked layout (N, G, F, C / G, *spatial). All arithmetic is float32
 in registers whatever the storage dtype.
 
-The backward carries the derivatives forward with the recurrence (dP_i/dt, and dP_i/dc_j for the
-learnable c_j of gram) instead of walking it in reverse, so no per-degree intermediate is stored.
+One forward and one backward kernel serve every family (FAMILY: 0 three-term recurrence, 1 Bernstein,
+2 Gaussian RBF); constexpr switches pick the family, the input map (PREPARE: 0 none, 1 tanh,
+2 sigmoid), the base branch (BASE: 0 none, 1 SiLU, 2 identity) and the dropout mask, so each layer
+compiles to straight-line code. The recurrence's backward carries the derivatives forward with it
+(dP_i/dt, and dP_i/dc_j for gram's learnable c_j) instead of walking it in reverse, so no per-degree
+intermediate is stored.
 Triton's interpreter (TRITON_INTERPRET=1) runs these on CPU tensors: that is how CI tests them. Only
 builtins of triton.language are used (tl.full, tl.reduce, not tl.zeros or tl.sum): its @jit helpers
 are decorated when triton is first imported, often before a test turns the interpreter on.
@@ -54,14 +58,21 @@ def _silu_grad(x):
 
 
 @triton.jit
-def _basis_input(u, mask_ptr, offs, live, spatial, edge, CLAMP: tl.constexpr, HAS_MASK: tl.constexpr):
-    """(t, dt/du): t = tanh(u), clamped to +-edge where CLAMP, times the dropout mask where HAS_MASK."""
-    th = _tanh(u)
-    t = th
-    dt = 1.0 - th * th
-    if CLAMP:
-        t = tl.minimum(tl.maximum(th, -edge), edge)
-        dt = tl.where((th >= -edge) & (th <= edge), dt, 0.0)
+def _basis_input(u, mask_ptr, offs, live, spatial, edge, PREPARE: tl.constexpr, CLAMP: tl.constexpr,
+                 HAS_MASK: tl.constexpr):
+    """(t, dt/du): t = prepare(u) (identity, tanh or sigmoid; tanh clamped to +-edge where CLAMP),
+    times the dropout mask where HAS_MASK."""
+    t = u
+    dt = tl.full(u.shape, 1.0, tl.float32)
+    if PREPARE == 1:
+        t = _tanh(u)
+        dt = 1.0 - t * t
+        if CLAMP:
+            dt = tl.where((t >= -edge) & (t <= edge), dt, 0.0)
+            t = tl.minimum(tl.maximum(t, -edge), edge)
+    if PREPARE == 2:
+        t = _sigmoid(u)
+        dt = t * (1.0 - t)
     if HAS_MASK:
         m = tl.load(mask_ptr + offs // spatial, mask=live, other=0.0).to(tl.float32)
         t = t * m
@@ -70,74 +81,51 @@ def _basis_input(u, mask_ptr, offs, live, spatial, edge, CLAMP: tl.constexpr, HA
 
 
 @triton.jit
-def expand_forward_kernel(
-    u_ptr, mask_ptr, coef_ptr, out_ptr, numel, group_elems, spatial, edge,
-    DEGREE: tl.constexpr, BASE: tl.constexpr, FIRST: tl.constexpr, SILU: tl.constexpr, CLAMP: tl.constexpr,
-    HAS_MASK: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """out[.., f, ..] = function f of u. coef_ptr holds rows a, g, c of length DEGREE + 1 (index i = P_i's).
-    BASE says what function 0 is: 0 none (FIRST = 0), 1 SiLU(u), 2 u itself."""
-    NUM: tl.constexpr = FIRST + DEGREE + 1
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = offs < numel
-    u = tl.load(u_ptr + offs, mask=live, other=0.0).to(tl.float32)
-    block = offs // group_elems  # (sample, group) index: the stacked layout repeats per block
-    dst = out_ptr + block * (NUM * group_elems) + (offs - block * group_elems)
-    out_ty = out_ptr.dtype.element_ty
-    if BASE == 1:
-        tl.store(dst, (u * _sigmoid(u)).to(out_ty), mask=live)
-    if BASE == 2:
-        tl.store(dst, u.to(out_ty), mask=live)
-    t, dt = _basis_input(u, mask_ptr, offs, live, spatial, edge, CLAMP, HAS_MASK)
-    p0 = tl.full([BLOCK], 1.0, tl.float32)
-    tl.store(dst + FIRST * group_elems, _function(p0, SILU).to(out_ty), mask=live)
+def _power(v, N: tl.constexpr):
+    """v ** N by repeated products (N >= 0 a constant), as the torch path builds its powers."""
+    out = tl.full(v.shape, 1.0, tl.float32)
+    for _ in tl.static_range(N):
+        out = out * v
+    return out
+
+
+@triton.jit
+def _recurrence_forward(t, coef_ptr, dst, step, live, out_ty, DEGREE: tl.constexpr, SILU: tl.constexpr):
+    """P_0 = 1, P_1 = a_1 t + g_1, P_i = (a_i t + g_i) P_{i-1} - c_i P_{i-2}; stores f(P_i) at dst + i * step."""
+    p0 = tl.full(t.shape, 1.0, tl.float32)
+    tl.store(dst, _function(p0, SILU).to(out_ty), mask=live)
     if DEGREE >= 1:
         p1 = tl.load(coef_ptr + 1) * t + tl.load(coef_ptr + DEGREE + 2)
-        tl.store(dst + (FIRST + 1) * group_elems, _function(p1, SILU).to(out_ty), mask=live)
+        tl.store(dst + step, _function(p1, SILU).to(out_ty), mask=live)
         for i in tl.static_range(2, DEGREE + 1):
             a = tl.load(coef_ptr + i)
             g = tl.load(coef_ptr + (DEGREE + 1) + i)
             c = tl.load(coef_ptr + 2 * (DEGREE + 1) + i)
             p2 = (a * t + g) * p1 - c * p0
-            tl.store(dst + (FIRST + i) * group_elems, _function(p2, SILU).to(out_ty), mask=live)
+            tl.store(dst + i * step, _function(p2, SILU).to(out_ty), mask=live)
             p0 = p1
             p1 = p2
 
 
 @triton.jit
-def expand_backward_kernel(
-    u_ptr, mask_ptr, coef_ptr, grad_ptr, grad_u_ptr, partial_ptr, numel, group_elems, spatial, edge,
-    DEGREE: tl.constexpr, BASE: tl.constexpr, FIRST: tl.constexpr, SILU: tl.constexpr, CLAMP: tl.constexpr,
-    HAS_MASK: tl.constexpr, PARAM_GRADS: tl.constexpr, PARAM_COLS: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """grad_u from the stacked gradient; with PARAM_GRADS, also this block's sums of dL/dc_j
-    (j = 2..DEGREE) into partial_ptr[program, j] (PARAM_COLS >= DEGREE + 1 columns, a power of 2)."""
-    NUM: tl.constexpr = FIRST + DEGREE + 1
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = offs < numel
-    u = tl.load(u_ptr + offs, mask=live, other=0.0).to(tl.float32)
-    block = offs // group_elems
-    src = grad_ptr + block * (NUM * group_elems) + (offs - block * group_elems)
-    grad_u = tl.full([BLOCK], 0.0, tl.float32)
-    if BASE == 1:
-        grad_u = tl.load(src, mask=live, other=0.0).to(tl.float32) * _silu_grad(u)
-    if BASE == 2:
-        grad_u = tl.load(src, mask=live, other=0.0).to(tl.float32)
-    t, dt = _basis_input(u, mask_ptr, offs, live, spatial, edge, CLAMP, HAS_MASK)
+def _recurrence_backward(t, coef_ptr, src, step, live, partial_ptr, DEGREE: tl.constexpr, SILU: tl.constexpr,
+                         PARAM_GRADS: tl.constexpr, PARAM_COLS: tl.constexpr, BLOCK: tl.constexpr):
+    """dL/dt from the functions' gradients at src + i * step. Forward mode: P_i and D_i = dP_i/dt side by
+    side, dL/dt = sum_i w_i D_i with w_i = dL/dP_i (P_i reaches the loss through its own slot only).
+    With PARAM_GRADS, column j of q holds dP_i/dc_j (zero until i = j, where it is -P_{j-2}), and this
+    block's sums of dL/dc_j go to partial_ptr[program, j]."""
+    grad_t = tl.full(t.shape, 0.0, tl.float32)
     if DEGREE >= 1:
-        # Forward-mode: P_i and D_i = dP_i/dt side by side; dL/dt = sum_i w_i D_i with w_i = dL/dP_i
-        # (direct term only: P_i feeds the loss through its own stacked slot alone).
-        # With PARAM_GRADS, column j of q holds dP_i/dc_j (zero until i = j, where it is -P_{j-2}).
         cols = tl.arange(0, PARAM_COLS)
         q0 = tl.full([BLOCK, PARAM_COLS], 0.0, tl.float32)
         q1 = tl.full([BLOCK, PARAM_COLS], 0.0, tl.float32)
         acc = tl.full([BLOCK, PARAM_COLS], 0.0, tl.float32)
         a1 = tl.load(coef_ptr + 1)
-        p0 = tl.full([BLOCK], 1.0, tl.float32)
-        d0 = tl.full([BLOCK], 0.0, tl.float32)
+        p0 = tl.full(t.shape, 1.0, tl.float32)
+        d0 = tl.full(t.shape, 0.0, tl.float32)
         p1 = a1 * t + tl.load(coef_ptr + DEGREE + 2)
-        d1 = tl.full([BLOCK], 0.0, tl.float32) + a1
-        w = tl.load(src + (FIRST + 1) * group_elems, mask=live, other=0.0).to(tl.float32)
+        d1 = tl.full(t.shape, 0.0, tl.float32) + a1
+        w = tl.load(src + step, mask=live, other=0.0).to(tl.float32)
         if SILU:
             w = w * _silu_grad(p1)
         grad_t = w * d1
@@ -148,7 +136,7 @@ def expand_backward_kernel(
             lin = a * t + g
             p2 = lin * p1 - c * p0
             d2 = a * p1 + lin * d1 - c * d0
-            w = tl.load(src + (FIRST + i) * group_elems, mask=live, other=0.0).to(tl.float32)
+            w = tl.load(src + i * step, mask=live, other=0.0).to(tl.float32)
             if SILU:
                 w = w * _silu_grad(p2)
             grad_t += w * d2
@@ -162,7 +150,123 @@ def expand_backward_kernel(
             p1 = p2
             d0 = d1
             d1 = d2
-        grad_u += grad_t * dt
         if PARAM_GRADS:
             tl.store(partial_ptr + tl.program_id(0) * PARAM_COLS + cols, tl.reduce(acc, 0, _add))
+    return grad_t
+
+
+@triton.jit
+def _bernstein_forward(t, coef_ptr, dst, step, live, out_ty, DEGREE: tl.constexpr):
+    """B_k = C(D, k) t^k (1 - t)^(D - k), k = 0..D; coef_ptr[k] = C(D, k)."""
+    one_minus = 1.0 - t
+    for k in tl.static_range(DEGREE + 1):
+        b = tl.load(coef_ptr + k) * _power(t, k) * _power(one_minus, DEGREE - k)
+        tl.store(dst + k * step, b.to(out_ty), mask=live)
+
+
+@triton.jit
+def _bernstein_backward(t, coef_ptr, src, step, live, DEGREE: tl.constexpr):
+    """dB_k/dt = C(D, k) (k t^(k-1) (1 - t)^(D-k) - (D - k) t^k (1 - t)^(D-k-1))."""
+    one_minus = 1.0 - t
+    grad_t = tl.full(t.shape, 0.0, tl.float32)
+    for k in tl.static_range(DEGREE + 1):
+        slope = tl.full(t.shape, 0.0, tl.float32)
+        if k >= 1:
+            slope += k * _power(t, k - 1) * _power(one_minus, DEGREE - k)
+        if k < DEGREE:
+            slope -= (DEGREE - k) * _power(t, k) * _power(one_minus, DEGREE - k - 1)
+        w = tl.load(src + k * step, mask=live, other=0.0).to(tl.float32)
+        grad_t += w * tl.load(coef_ptr + k) * slope
+    return grad_t
+
+
+@triton.jit
+def _rbf_forward(t, coef_ptr, dst, step, live, out_ty, NFUNC: tl.constexpr):
+    """exp(-((t - mu_i) h)^2); coef_ptr holds mu_0..mu_{NFUNC-1} then h (the inverse width)."""
+    h = tl.load(coef_ptr + NFUNC)
+    for i in tl.static_range(NFUNC):
+        z = (t - tl.load(coef_ptr + i)) * h
+        tl.store(dst + i * step, tl.exp(-(z * z)).to(out_ty), mask=live)
+
+
+@triton.jit
+def _rbf_backward(t, coef_ptr, src, step, live, NFUNC: tl.constexpr):
+    """d/dt exp(-z_i^2) = -2 h z_i exp(-z_i^2)."""
+    h = tl.load(coef_ptr + NFUNC)
+    grad_t = tl.full(t.shape, 0.0, tl.float32)
+    for i in tl.static_range(NFUNC):
+        z = (t - tl.load(coef_ptr + i)) * h
+        w = tl.load(src + i * step, mask=live, other=0.0).to(tl.float32)
+        grad_t += w * z * tl.exp(-(z * z))
+    return grad_t * (-2.0 * h)
+
+
+@triton.jit
+def expand_forward_kernel(
+    x_ptr, u_ptr, mask_ptr, coef_ptr, out_ptr, numel, group_elems, spatial, edge,
+    FAMILY: tl.constexpr, NFUNC: tl.constexpr, BASE: tl.constexpr, FIRST: tl.constexpr, SAME_INPUT: tl.constexpr,
+    PREPARE: tl.constexpr, SILU: tl.constexpr, CLAMP: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """out[.., f, ..] = function f: the base branch of x (if BASE), then the NFUNC functions of u."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = offs < numel
+    u = tl.load(u_ptr + offs, mask=live, other=0.0).to(tl.float32)
+    block = offs // group_elems  # (sample, group) index: the stacked layout repeats per block
+    dst = out_ptr + block * ((FIRST + NFUNC) * group_elems) + (offs - block * group_elems)
+    out_ty = out_ptr.dtype.element_ty
+    if BASE != 0:
+        x = u
+        if SAME_INPUT == 0:
+            x = tl.load(x_ptr + offs, mask=live, other=0.0).to(tl.float32)
+        if BASE == 1:
+            x = x * _sigmoid(x)
+        tl.store(dst, x.to(out_ty), mask=live)
+    t, dt = _basis_input(u, mask_ptr, offs, live, spatial, edge, PREPARE, CLAMP, HAS_MASK)
+    dst = dst + FIRST * group_elems
+    if FAMILY == 0:
+        _recurrence_forward(t, coef_ptr, dst, group_elems, live, out_ty, NFUNC - 1, SILU)
+    if FAMILY == 1:
+        _bernstein_forward(t, coef_ptr, dst, group_elems, live, out_ty, NFUNC - 1)
+    if FAMILY == 2:
+        _rbf_forward(t, coef_ptr, dst, group_elems, live, out_ty, NFUNC)
+
+
+@triton.jit
+def expand_backward_kernel(
+    x_ptr, u_ptr, mask_ptr, coef_ptr, grad_ptr, grad_x_ptr, grad_u_ptr, partial_ptr,
+    numel, group_elems, spatial, edge,
+    FAMILY: tl.constexpr, NFUNC: tl.constexpr, BASE: tl.constexpr, FIRST: tl.constexpr, SAME_INPUT: tl.constexpr,
+    PREPARE: tl.constexpr, SILU: tl.constexpr, CLAMP: tl.constexpr, HAS_MASK: tl.constexpr,
+    PARAM_GRADS: tl.constexpr, PARAM_COLS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """dL/du (plus the base branch's dL/dx, into grad_x_ptr unless SAME_INPUT, where it adds to
+    dL/du) from the stacked gradient; with PARAM_GRADS, gram's per-block dL/dc_j into partial_ptr."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = offs < numel
+    u = tl.load(u_ptr + offs, mask=live, other=0.0).to(tl.float32)
+    block = offs // group_elems
+    src = grad_ptr + block * ((FIRST + NFUNC) * group_elems) + (offs - block * group_elems)
+    grad_base = tl.full([BLOCK], 0.0, tl.float32)
+    if BASE != 0:
+        grad_base = tl.load(src, mask=live, other=0.0).to(tl.float32)
+        if BASE == 1:
+            x = u
+            if SAME_INPUT == 0:
+                x = tl.load(x_ptr + offs, mask=live, other=0.0).to(tl.float32)
+            grad_base = grad_base * _silu_grad(x)
+    t, dt = _basis_input(u, mask_ptr, offs, live, spatial, edge, PREPARE, CLAMP, HAS_MASK)
+    src = src + FIRST * group_elems
+    grad_t = tl.full([BLOCK], 0.0, tl.float32)
+    if FAMILY == 0:
+        grad_t = _recurrence_backward(t, coef_ptr, src, group_elems, live, partial_ptr, NFUNC - 1, SILU,
+                                      PARAM_GRADS, PARAM_COLS, BLOCK)
+    if FAMILY == 1:
+        grad_t = _bernstein_backward(t, coef_ptr, src, group_elems, live, NFUNC - 1)
+    if FAMILY == 2:
+        grad_t = _rbf_backward(t, coef_ptr, src, group_elems, live, NFUNC)
+    grad_u = grad_t * dt
+    if SAME_INPUT:
+        grad_u += grad_base
+    elif BASE != 0:
+        tl.store(grad_x_ptr + offs, grad_base.to(grad_x_ptr.dtype.element_ty), mask=live)
     tl.store(grad_u_ptr + offs, grad_u.to(grad_u_ptr.dtype.element_ty), mask=live)

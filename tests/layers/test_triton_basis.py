@@ -78,6 +78,11 @@ CASES: List[Tuple[str, type, dict, tuple]] = [
     ("chebyshev", KANConv2d, dict(basis="chebyshev", degree=4), (2, 6, 7, 7)),
     ("legendre-groups", KANConv2d, dict(basis="legendre", groups=3), (2, 6, 7, 5)),
     ("jacobi", KANConv2d, dict(basis="jacobi", a=0.5, b=1.5), (2, 4, 6, 6)),
+    ("bernstein", KANConv2d, dict(basis="bernstein", degree=4), (2, 4, 6, 6)),
+    ("bernstein-d0-dropout", KANConv2d, dict(basis="bernstein", degree=0, dropout=0.3), (2, 4, 6, 6)),
+    ("rbf", KANConv2d, dict(basis="rbf"), (2, 8, 7, 6)),  # base branch on x, basis on norm(x)
+    ("rbf-groups-batchnorm", KANConv2d, dict(basis="rbf", groups=2, norm_layer="batch", grid_size=5), (3, 8, 5, 5)),
+    ("bottleneck-bernstein", BottleneckKANConv2d, dict(basis="bernstein"), (2, 16, 6, 6)),
     ("gram-1d", KANConv1d, dict(basis="gram", degree=3), (2, 4, 17)),
     ("legendre-3d", KANConv3d, dict(basis="legendre"), (1, 4, 4, 5, 3)),
     ("bottleneck-gram", BottleneckKANConv2d, dict(basis="gram", degree=3), (2, 16, 6, 6)),
@@ -200,13 +205,13 @@ def test_double_backward_through_the_triton_node():
     _close(penalties[0][1], penalties[1][1], 1e-5)
 
 
-@pytest.mark.parametrize("case", ["float64", "disabled", "bspline", "compile-style padding"])
+@pytest.mark.parametrize("case", ["float64", "disabled", "bspline", "relu", "compile-style padding"])
 def test_falls_back_to_the_torch_path(case, kernel_calls):
     options, dtype = dict(basis="gram", padding=1), torch.float32
     if case == "float64":
         dtype = torch.float64
-    if case == "bspline":
-        options["basis"] = "bspline"
+    if case in ("bspline", "relu"):
+        options["basis"] = case
     if case == "compile-style padding":
         options = dict(basis="gram", padding="same", kernel_size=4)  # asymmetric 'same'
     kernel_size = options.pop("kernel_size", 3)
