@@ -16,23 +16,41 @@ parameters excluded) -- exactly what memory-efficient mode reduces; deterministi
 process peak-RSS growth over ONE forward+backward step, each (case, variant) in its own fresh
 process (ru_maxrss); it includes temporaries, so it is noisier and coarser.
 
+--device cuda: modules and inputs live on the GPU, every timed step is bracketed by
+torch.cuda.synchronize(), and each variant gets 3 warm-up steps (1 on CPU). One more variant,
+"kan_torch", is the same KAN layer with the Triton basis kernels switched off
+(kan_zoo.layers.set_triton_enabled(False) around its forward and backward), giving the columns
+torch/floor and "kan speed-up vs torch" (kan_torch time / kan time). Instead of RSS the table gives
+the CUDA peak of one forward+backward step in MiB: torch.cuda.max_memory_allocated() after
+reset_peak_memory_stats(), minus what was allocated before the step (parameters, input and the
+output gradient are not counted; the step's activations, workspaces and gradients are), measured
+after the warm-up in the timing process. --amp runs every forward (and the saved-bytes forward)
+under torch.autocast("cuda", dtype=torch.bfloat16); backward runs outside it. A case whose process
+fails becomes a "failed: <last error line>" row (traceback on stderr); a variant that fails inside
+a working case shows n/a and its error goes to stderr; SIGTERM (e.g. from `timeout`) still prints
+the table of the cases finished so far.
+
     python benchmarks/bench_layers.py                    # full VGG-like shape, all bases
     python benchmarks/bench_layers.py --quick --bases gram,rbf --repeats 3
     python benchmarks/bench_layers.py --compile          # adds the torch.compile column (slow)
+    python benchmarks/bench_layers.py --device cuda --amp --repeats 3 --iters 10
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -51,7 +69,9 @@ CASES: Dict[str, Tuple[str, dict]] = {
     "wavelet": ("wavelet", {}),
     "bottleneck-gram": ("gram", {"degree": 3, "bottleneck": True}),
 }
-VARIANTS = ("plain", "floor", "kan", "kan_me", "kan_compiled")
+VARIANTS = ("plain", "floor", "kan", "kan_torch", "kan_me", "kan_compiled")
+CUDA_ONLY = ("kan_torch",)  # on CPU there are no Triton kernels, so kan_torch would equal kan
+PEAK_VARIANTS = ("plain", "kan", "kan_torch", "kan_me")
 
 
 @dataclass
@@ -66,6 +86,87 @@ FULL = Shape(8, 64, 56)
 QUICK = Shape(4, 32, 28)
 
 
+# ---------------------------------------------------------------------------------------------- device
+def sync(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a no-op on CPU, where ops are synchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call of ``fn``, including the device work it queued."""
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def cuda_peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """CUDA memory peak of one call of ``fn`` above what was allocated before it (bytes)."""
+    gc.collect()
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def warmup_steps(device: torch.device) -> int:
+    return 3 if device.type == "cuda" else 1
+
+
+def check_device(device: str) -> None:
+    """Fail early, before any child process, when --device cuda cannot work."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device cuda: CUDA is not available to this torch {torch.__version__} "
+                         f"(built with CUDA {torch.version.cuda}); run on a GPU machine or use --device cpu")
+
+
+def autocast(amp: bool) -> ContextManager:
+    """bf16 autocast on CUDA for --amp, else nothing."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def triton_off() -> Iterator[None]:
+    """Switch kan_zoo's Triton basis kernels off for the block, restoring the previous setting after."""
+    from kan_zoo.layers import set_triton_enabled
+
+    previous = set_triton_enabled(False)
+    try:
+        yield
+    finally:
+        set_triton_enabled(previous)
+
+
+def variant_context(variant: str) -> ContextManager:
+    """What a variant runs under, forward and backward: kan_torch without the Triton kernels."""
+    return triton_off() if variant == "kan_torch" else contextlib.nullcontext()
+
+
+def device_summary(device: torch.device, threads: int, amp: bool) -> str:
+    """Header words for the device: CPU threads, or the GPU, autocast and Triton state."""
+    if device.type != "cuda":
+        return f"CPU, {threads} threads"
+    try:
+        import triton
+
+        triton_version = f"triton {triton.__version__}"
+    except ImportError:
+        triton_version = "no triton"
+    try:
+        from kan_zoo.layers import triton_enabled
+
+        kernels = "on" if triton_enabled() else "OFF (KAN_ZOO_TRITON=0)"
+    except ImportError:
+        kernels = "n/a (this kan_zoo has no set_triton_enabled)"
+    return (f"cuda {torch.cuda.get_device_name(device)}, amp (bf16 autocast) {'on' if amp else 'off'}, "
+            f"{triton_version}, kan Triton kernels {kernels}, {warmup_steps(device)} warm-up steps per variant")
+
+
+# ---------------------------------------------------------------------------------------------- modules
 def build_kan(case: str, shape: Shape, memory_efficient: bool) -> nn.Module:
     from kan_zoo import layers
 
@@ -101,38 +202,51 @@ class Floor(nn.Module):
         return self.norm(self.conv(x))
 
 
-def build_variant(case: str, variant: str, shape: Shape) -> Tuple[nn.Module, torch.Tensor]:
-    """(module, input) for one variant; every input requires grad, as a layer inside a network does."""
+def build_variant(case: str, variant: str, shape: Shape,
+                  device: torch.device) -> Tuple[nn.Module, torch.Tensor]:
+    """(module, input) for one variant on ``device``; every input requires grad, as a layer inside a network does."""
     c, s, k = shape.channels, shape.size, shape.kernel
     kan = build_kan(case, shape, variant == "kan_me")
     if variant == "plain":
         module: nn.Module = nn.Sequential(nn.Conv2d(c, c, k, padding=k // 2, bias=False), nn.BatchNorm2d(c), nn.SiLU())
-        x = torch.randn(shape.n, c, s, s)
+        x = torch.randn(shape.n, c, s, s, device=device)
     elif variant == "floor":
         module = Floor(kan, shape)
-        x = torch.randn(shape.n, c * (basis_size(kan) + 1), s, s)
+        x = torch.randn(shape.n, c * (basis_size(kan) + 1), s, s, device=device)
     else:
         module = kan
-        x = torch.randn(shape.n, c, s, s)
-        if variant == "kan_compiled":
-            module = torch.compile(kan, dynamic=False)
+        x = torch.randn(shape.n, c, s, s, device=device)
+    module = module.to(device)
+    if variant == "kan_compiled":
+        module = torch.compile(module, dynamic=False)
     return module.train(), x.requires_grad_(True)
 
 
-def make_step(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    grad_out = torch.randn_like(module(x)).detach()
+def make_forward(module: nn.Module, x: torch.Tensor, variant: str, amp: bool) -> Callable[[], torch.Tensor]:
+    def forward() -> torch.Tensor:
+        with variant_context(variant), autocast(amp):
+            return module(x)
+
+    return forward
+
+
+def make_step(module: nn.Module, x: torch.Tensor, variant: str, amp: bool) -> Callable[[], None]:
+    """One forward (under autocast with --amp) + backward (outside it), gradients cleared first."""
+    forward = make_forward(module, x, variant, amp)
+    grad_out = torch.randn_like(forward()).detach()
     params = [p for p in module.parameters() if p.requires_grad]
 
     def step() -> None:
         for p in params:
             p.grad = None
         x.grad = None
-        module(x).backward(grad_out)
+        with variant_context(variant):
+            forward().backward(grad_out)
 
     return step
 
 
-def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
+def saved_bytes(module: nn.Module, forward: Callable[[], torch.Tensor]) -> int:
     """Bytes of the unique non-parameter tensors autograd saves for backward during one forward."""
     held = {p.untyped_storage().data_ptr() for p in module.parameters()}
     held |= {b.untyped_storage().data_ptr() for b in module.buffers()}
@@ -146,48 +260,86 @@ def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = module(x)
+        out = forward()
     del out
     return sum(seen.values())
 
 
 # ---------------------------------------------------------------------------------------------- workers
-def time_worker(case: str, shape: Shape, variants: List[str], repeats: int, iters: int) -> dict:
-    """Interleaved rounds over the variants of one case, in this (fresh) process."""
+def error_line(e: BaseException) -> str:
+    return traceback.format_exception_only(type(e), e)[-1].strip()
+
+
+def prepare(module: nn.Module, x: torch.Tensor, variant: str, device: torch.device, amp: bool, peak: bool,
+            result: dict) -> Callable[[], None]:
+    """Warm one variant up (compiling it, for kan_compiled), take its memory figures; its step function."""
+    forward = make_forward(module, x, variant, amp)
+    sync(device)
+    t0 = time.perf_counter()
+    step = make_step(module, x, variant, amp)
+    for _ in range(warmup_steps(device)):
+        step()  # warm up (and compile, for the compiled variant)
+        if variant == "kan_compiled" and result["compile_s"] is None:
+            sync(device)
+            result["compile_s"] = time.perf_counter() - t0
+    if variant == "kan_compiled":
+        with torch.no_grad(), autocast(amp):
+            result["compiled_max_abs_diff"] = (module(x) - module._orig_mod(x)).float().abs().max().item()
+    else:
+        result["saved"][variant] = saved_bytes(module, forward)
+    if peak and variant in PEAK_VARIANTS:
+        for p in module.parameters():
+            p.grad = None
+        x.grad = None
+        result["peak"][variant] = cuda_peak_bytes(step, device)
+    return step
+
+
+def time_worker(case: str, shape: Shape, variants: List[str], repeats: int, iters: int,
+                device: torch.device, amp: bool = False, peak: bool = False) -> dict:
+    """Interleaved rounds over the variants of one case, in this (fresh) process.
+
+    A variant that raises is dropped (its error in result["errors"], its traceback on stderr); the
+    process fails only when no variant is left.
+    """
     torch.manual_seed(0)
-    steps, result = {}, {"saved": {}, "rounds": {}, "compile_s": None}
+    steps: Dict[str, Callable[[], None]] = {}
+    result: dict = {"saved": {}, "rounds": {}, "compile_s": None, "peak": {}, "errors": {}}
+
+    def fail(v: str, e: Exception) -> None:
+        traceback.print_exc()
+        result["errors"][v] = error_line(e)
+        steps.pop(v, None)
+        result["rounds"].pop(v, None)
+
     for v in variants:
         try:
-            module, x = build_variant(case, v, shape)
+            module, x = build_variant(case, v, shape, device)
         except NotImplementedError:
             continue
-        t0 = time.perf_counter()
-        step = make_step(module, x)
-        step()  # warm up (and compile, for the compiled variant)
-        if v == "kan_compiled":
-            result["compile_s"] = time.perf_counter() - t0
-            with torch.no_grad():
-                result["compiled_max_abs_diff"] = (module(x) - module._orig_mod(x)).abs().max().item()
-        else:
-            result["saved"][v] = saved_bytes(module, x)
-        steps[v] = step
-        result["rounds"][v] = []
+        try:
+            steps[v] = prepare(module, x, v, device, amp, peak, result)
+            result["rounds"][v] = []
+        except Exception as e:  # noqa: BLE001 -- reported, the other variants go on
+            fail(v, e)
     for _ in range(repeats):
-        for v, step in steps.items():
-            step()  # one untimed step re-warms caches after the previous variant
-            times = []
-            for _ in range(iters):
-                t = time.perf_counter()
-                step()
-                times.append(time.perf_counter() - t)
+        for v, step in list(steps.items()):
+            try:
+                step()  # one untimed step re-warms caches after the previous variant
+                times = [timed(step, device) for _ in range(iters)]
+            except Exception as e:  # noqa: BLE001
+                fail(v, e)
+                continue
             result["rounds"][v].append(statistics.median(times))
+    if not steps:
+        raise RuntimeError(f"every variant failed: {result['errors']}")
     return result
 
 
 def rss_worker(case: str, shape: Shape, variant: str) -> dict:
     """Peak-RSS growth (bytes) of one forward+backward step of one variant, in this fresh process."""
     torch.manual_seed(0)
-    module, x = build_variant(case, variant, shape)
+    module, x = build_variant(case, variant, shape, torch.device("cpu"))
     with torch.no_grad():
         grad_out = torch.randn_like(module(x))
     gc.collect()
@@ -197,17 +349,132 @@ def rss_worker(case: str, shape: Shape, variant: str) -> dict:
     return {"rss": (after - before) * 1024}  # ru_maxrss is in KiB on Linux
 
 
-def run_child(args: List[str]) -> dict:
+def last_error(stderr: str) -> str:
+    """The exception line of the last traceback in ``stderr``, else its last non-empty line."""
+    lines = [line.rstrip() for line in stderr.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if starts:
+        after = [line for line in lines[starts[-1] + 1:] if not line[0].isspace()]
+        if after:
+            return after[0]
+    return lines[-1] if lines else ""
+
+
+class ChildFailed(RuntimeError):
+    """A worker process exited non-zero (or timed out); the message is its last error line."""
+
+
+def run_child(args: List[str], timeout: Optional[float] = None) -> dict:
+    """Run this script as a worker; its JSON result, or ChildFailed with the traceback sent to stderr."""
     cmd = [sys.executable, os.path.abspath(__file__)] + args
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or None)
+    except subprocess.TimeoutExpired:
+        raise ChildFailed(f"timed out after {timeout:.0f} s") from None
     if proc.returncode:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"# {' '.join(args)} failed (exit status {proc.returncode}):\n{proc.stderr[-4000:]}", file=sys.stderr)
+        reason = last_error(proc.stderr)
+        if proc.returncode < 0:
+            reason = f"killed by signal {-proc.returncode}" + (f" ({reason})" if reason else "")
+        raise ChildFailed(reason or f"exit status {proc.returncode}")
+    try:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise ChildFailed(f"no result on stdout: {proc.stdout[-200:]!r}") from None
+    if result.get("errors"):
+        print(f"# {' '.join(args)}: variants failed:\n{proc.stderr[-4000:]}", file=sys.stderr)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- report
 def fmt(v: Optional[float], spec: str = ".2f", suffix: str = "") -> str:
     return "n/a" if v is None else f"{v:{spec}}{suffix}"
+
+
+def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return a / b if a is not None and b else None
+
+
+def mib(v: Optional[float]) -> Optional[float]:
+    return None if v is None else v / 2**20
+
+
+def header(cuda: bool) -> List[str]:
+    speed = ["torch/floor", "kan speed-up vs torch"] if cuda else []
+    memory = (["peak MiB plain", "peak MiB kan", "peak MiB torch", "peak MiB mem-eff"] if cuda
+              else ["RSS kan/plain", "RSS mem-eff/plain"])
+    return (["case", "kan ms", "kan/floor", "kan/plain"] + speed
+            + ["mem-eff/floor", "mem-eff/kan", "compile speed-up", "saved MiB", "saved kan/plain",
+               "saved mem-eff/plain"]
+            + memory + ["noise"])
+
+
+def table_row(case: str, r: dict, rss: Dict[str, int], cuda: bool) -> List[str]:
+    med = {v: statistics.median(ts) for v, ts in r["rounds"].items() if ts}
+    noise = max((max(ts) / min(ts) for ts in r["rounds"].values() if ts), default=None)
+    saved, peak = r["saved"], r.get("peak", {})
+    kan, me, comp, floor = med.get("kan"), med.get("kan_me"), med.get("kan_compiled"), med.get("floor")
+    speed = [fmt(ratio(med.get("kan_torch"), floor)), fmt(ratio(med.get("kan_torch"), kan))] if cuda else []
+    memory = ([fmt(mib(peak.get(v)), ".1f") for v in ("plain", "kan", "kan_torch", "kan_me")] if cuda
+              else [fmt(ratio(rss.get("kan"), rss.get("plain"))), fmt(ratio(rss.get("kan_me"), rss.get("plain")))])
+    return ([case, fmt(kan * 1e3 if kan is not None else None, ".3f" if cuda else ".0f"), fmt(ratio(kan, floor)),
+             fmt(ratio(kan, med.get("plain")))] + speed
+            + [fmt(ratio(me, floor)), fmt(ratio(me, kan)), fmt(ratio(kan, comp)), fmt(mib(saved.get("kan")), ".1f"),
+               fmt(ratio(saved.get("kan"), saved.get("plain"))), fmt(ratio(saved.get("kan_me"), saved.get("plain")))]
+            + memory + [fmt(noise)])
+
+
+def case_note(case: str, r: dict, cuda: bool) -> str:
+    med = {v: statistics.median(ts) for v, ts in r["rounds"].items() if ts}
+    ms = ".3f" if cuda else ".0f"
+    note = (f"#   {case}: plain {fmt(med['plain'] * 1e3 if 'plain' in med else None, ms)} ms, "
+            f"floor {fmt(med['floor'] * 1e3 if 'floor' in med else None, ms)} ms, "
+            f"saved plain {fmt(mib(r['saved'].get('plain')), '.1f')} MiB")
+    if "kan_compiled" in med:
+        note += f", compile {r['compile_s']:.0f}s, max|compiled-eager| {r['compiled_max_abs_diff']:.1e}"
+    if "kan_torch" in med:
+        note += f", kan_torch {med['kan_torch'] * 1e3:{ms}} ms"
+    for v, e in r.get("errors", {}).items():
+        note += f"; {v} failed: {e}"
+    return note
+
+
+def interrupt_on_sigterm() -> None:
+    """Turn SIGTERM (e.g. from `timeout`) into KeyboardInterrupt, so the parent still prints its table."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def measure_case(case: str, args: argparse.Namespace, common: List[str]) -> Tuple[dict, Dict[str, int]]:
+    """The timing worker's result for one case and (on CPU, unless --no-rss) its per-variant RSS."""
+    cuda = args.device == "cuda"
+    r = run_child(["--worker", case, "--repeats", str(args.repeats), "--iters", str(args.iters)] + common
+                  + (["--compile"] if args.compile else []) + (["--no-rss"] if args.no_rss else []),
+                  args.child_timeout)
+    rss: Dict[str, int] = {}
+    if not args.no_rss and not cuda:
+        for v in ("plain", "kan", "kan_me"):
+            if v in r["rounds"]:
+                try:
+                    rss[v] = run_child(["--worker", case, "--rss-variant", v] + common, args.child_timeout)["rss"]
+                except ChildFailed as e:
+                    print(f"# {case} RSS of {v} failed: {e}", file=sys.stderr)
+    return r, rss
+
+
+def worker_main(args: argparse.Namespace, shape: Shape) -> None:
+    device = torch.device(args.device)
+    if args.rss_variant:
+        out = rss_worker(args.worker, shape, args.rss_variant)
+    else:
+        variants = [v for v in VARIANTS if (v != "kan_compiled" or args.compile)
+                    and (v not in CUDA_ONLY or device.type == "cuda")]
+        out = time_worker(args.worker, shape, variants, args.repeats, args.iters, device, args.amp,
+                          peak=device.type == "cuda" and not args.no_rss)
+    print(json.dumps(out))
 
 
 def main() -> None:
@@ -217,72 +484,66 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds per case")
     ap.add_argument("--iters", type=int, default=3, help="timed steps per variant per round")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile(layer) (slow on CPU)")
-    ap.add_argument("--no-rss", action="store_true", help="skip the per-variant fresh-process RSS measurement")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-rss", action="store_true",
+                    help="skip the memory measurement (fresh-process RSS on cpu, CUDA peak on cuda)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (matters on cpu only)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast for every forward (cuda only)")
+    ap.add_argument("--child-timeout", type=float, default=0,
+                    help="seconds before a case's worker process is killed and its row marked failed (0: none)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--rss-variant", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.amp and args.device != "cuda":
+        ap.error("--amp needs --device cuda")
+    check_device(args.device)
     torch.set_num_threads(args.threads)
     shape = QUICK if args.quick else FULL
 
     if args.worker:
-        if args.rss_variant:
-            out = rss_worker(args.worker, shape, args.rss_variant)
-        else:
-            variants = [v for v in VARIANTS if v != "kan_compiled" or args.compile]
-            out = time_worker(args.worker, shape, variants, args.repeats, args.iters)
-        print(json.dumps(out))
+        worker_main(args, shape)
         return
 
     cases = [c.strip() for c in args.bases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         ap.error(f"unknown cases {unknown}; choose from {list(CASES)}")
-    common = ["--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+    cuda = args.device == "cuda"
+    common = (["--threads", str(args.threads), "--device", args.device] + (["--quick"] if args.quick else [])
+              + (["--amp"] if args.amp else []))
     print(f"# bench_layers: N={shape.n}, {shape.channels}->{shape.channels} ch, {shape.size}x{shape.size}, "
-          f"{shape.kernel}x{shape.kernel}, CPU, {args.threads} threads, torch {torch.__version__}; "
-          f"{args.repeats} interleaved rounds x {args.iters} steps, medians; one fresh process per case", flush=True)
-    rows = []
-    for case in cases:
-        r = run_child(["--worker", case, "--repeats", str(args.repeats), "--iters", str(args.iters)]
-                      + common + (["--compile"] if args.compile else []))
-        med = {v: statistics.median(ts) for v, ts in r["rounds"].items()}
-        noise = max(max(ts) / min(ts) for ts in r["rounds"].values())
-        rss = {}
-        if not args.no_rss:
-            for v in ("plain", "kan", "kan_me"):
-                if v in med:
-                    rss[v] = run_child(["--worker", case, "--rss-variant", v] + common)["rss"]
-        saved = r["saved"]
-        kan, me, comp = med.get("kan"), med.get("kan_me"), med.get("kan_compiled")
-        rows.append([
-            case,
-            fmt(kan * 1e3, ".0f"),
-            fmt(kan / med["floor"]),
-            fmt(kan / med["plain"]),
-            fmt(me / med["floor"] if me else None),
-            fmt(me / kan if me else None),
-            fmt(med["kan"] / comp if comp else None),
-            fmt(saved["kan"] / 2**20, ".1f"),
-            fmt(saved["kan"] / saved["plain"]),
-            fmt(saved["kan_me"] / saved["plain"] if "kan_me" in saved else None),
-            fmt(rss["kan"] / rss["plain"] if rss.get("plain") else None),
-            fmt(rss["kan_me"] / rss["plain"] if rss.get("plain") and "kan_me" in rss else None),
-            fmt(noise),
-        ])
-        extra = f", compile {r['compile_s']:.0f}s, max|compiled-eager| {r['compiled_max_abs_diff']:.1e}" if comp else ""
-        print(f"#   {case}: plain {med['plain'] * 1e3:.0f} ms, floor {med['floor'] * 1e3:.0f} ms, "
-              f"saved plain {saved['plain'] / 2**20:.1f} MiB{extra}", flush=True)
-    header = ["case", "kan ms", "kan/floor", "kan/plain", "mem-eff/floor", "mem-eff/kan", "compile speed-up",
-              "saved MiB", "saved kan/plain", "saved mem-eff/plain", "RSS kan/plain", "RSS mem-eff/plain", "noise"]
+          f"{shape.kernel}x{shape.kernel}, {device_summary(torch.device(args.device), args.threads, args.amp)}, "
+          f"torch {torch.__version__}; {args.repeats} interleaved rounds x {args.iters} steps, medians; "
+          f"one fresh process per case", flush=True)
+    rows: List[List[str]] = []
+    interrupt_on_sigterm()
+    try:
+        for case in cases:
+            try:
+                r, rss = measure_case(case, args, common)
+            except ChildFailed as e:
+                rows.append([case, "failed: " + str(e).replace("|", "/")] + [""] * (len(header(cuda)) - 2))
+                print(f"#   {case}: failed: {e}", flush=True)
+                continue
+            rows.append(table_row(case, r, rss, cuda))
+            print(case_note(case, r, cuda), flush=True)
+    except KeyboardInterrupt:
+        print(f"# interrupted: the table has the {len(rows)} cases finished before", flush=True)
     print()
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
+    print("| " + " | ".join(header(cuda)) + " |")
+    print("|" + "|".join("---" for _ in header(cuda)) + "|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    print("\nfwd+bwd times; floor = conv over C_in*(basis size+1) channels on a precomputed input + the layer's norm;"
-          " plain = Conv2d+BatchNorm2d+SiLU; saved = activation bytes autograd keeps for backward"
-          " (saved_tensors_hooks); RSS = peak-RSS growth of one step in a fresh process.")
+    if cuda:
+        print("\nfwd+bwd times (synchronized); floor = conv over C_in*(basis size+1) channels on a precomputed input +"
+              " the layer's norm; plain = Conv2d+BatchNorm2d+SiLU; torch = the kan layer with"
+              " set_triton_enabled(False); kan speed-up vs torch = torch time / kan time; saved = activation bytes"
+              " autograd keeps for backward (saved_tensors_hooks); peak = torch.cuda.max_memory_allocated growth"
+              " over one step after warm-up (parameters and input excluded).")
+    else:
+        print("\nfwd+bwd times; floor = conv over C_in*(basis size+1) channels on a precomputed input + the layer's"
+              " norm; plain = Conv2d+BatchNorm2d+SiLU; saved = activation bytes autograd keeps for backward"
+              " (saved_tensors_hooks); RSS = peak-RSS growth of one step in a fresh process.")
 
 
 if __name__ == "__main__":

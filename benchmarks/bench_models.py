@@ -10,26 +10,87 @@ runs in a fresh process; models that are not registered yet are skipped with a m
              (saved_tensors_hooks, parameters excluded), batch --train-batch;
   peak RSS : process peak-RSS growth over one full training step (forward, backward, SGD step).
 
+--device cuda: model and inputs on the GPU, every timed call bracketed by torch.cuda.synchronize(),
+3 warm-up iterations before any timing or memory figure (1 on CPU). Instead of peak RSS the table
+gives the CUDA peak of one training step (forward, backward, SGD step): torch.cuda.max_memory_allocated()
+after reset_peak_memory_stats(), minus what was allocated before the step -- model weights and the
+input batch are not counted, the gradients, activations and workspaces are. "train step ms" is the
+median of --iters training steps (on CPU: the first step, in seconds). --amp runs every forward
+(inference and training) under torch.autocast("cuda", dtype=torch.bfloat16), backward outside it.
+--triton on|off|both measures the KAN models with kan_zoo.layers.set_triton_enabled(True) and/or
+(False), one process and one row per setting (default both; off where KAN_ZOO_TRITON=0 is set);
+the "triton" column says which, "-" for a model without KAN layers (one row). A (model, mode,
+triton) whose process fails gets a "failed: <last error line>" row (its traceback on stderr) and
+the table goes on; SIGTERM (e.g. from `timeout`) still prints the rows finished so far.
+
     python benchmarks/bench_models.py [--models kan_vgg11_gram,resnet18] [--size 224] [--quick]
+    python benchmarks/bench_models.py --device cuda --batch 64 [--amp] [--triton both]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List
+import traceback
+from typing import Callable, ContextManager, Dict, List, Optional
 
 import torch
 
 MODELS = ("resnet18", "kan_vgg11_gram", "kan_vgg11_bottleneck_gram", "kan_resnet18_gram")
 
 
+# ---------------------------------------------------------------------------------------------- device
+def sync(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a no-op on CPU, where ops are synchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call of ``fn``, including the device work it queued."""
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def cuda_peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """CUDA memory peak of one call of ``fn`` above what was allocated before it (bytes)."""
+    gc.collect()
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def warmup_steps(device: torch.device) -> int:
+    return 3 if device.type == "cuda" else 1
+
+
+def autocast(amp: bool) -> ContextManager:
+    """bf16 autocast on CUDA for --amp, else nothing."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
+
+def check_device(device: str) -> None:
+    """Fail early, before any child process, when --device cuda cannot work."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device cuda: CUDA is not available to this torch {torch.__version__} "
+                         f"(built with CUDA {torch.version.cuda}); run on a GPU machine or use --device cpu")
+
+
+# ---------------------------------------------------------------------------------------------- models
 def create(name: str):
     import timm
 
@@ -40,7 +101,13 @@ def create(name: str):
     return timm.create_model(name, pretrained=False, num_classes=1000)
 
 
-def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
+def count_kan_layers(model: torch.nn.Module) -> int:
+    from kan_zoo.layers import Basis
+
+    return sum(isinstance(getattr(m, "basis", None), Basis) for m in model.modules())
+
+
+def saved_bytes(model: torch.nn.Module, x: torch.Tensor, amp: bool = False) -> int:
     held = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: Dict[int, int] = {}
 
@@ -50,48 +117,185 @@ def saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
             seen[ptr] = t.untyped_storage().nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(amp):
         model(x)
     return sum(seen.values())
 
 
+def make_train_step(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor,
+                    opt: torch.optim.Optimizer, amp: bool) -> Callable[[], None]:
+    """One training step: forward (under autocast with --amp) and loss, backward, SGD step."""
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with autocast(amp):
+            loss = torch.nn.functional.cross_entropy(model(x), target)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------- worker
+def measure_training(step: Callable[[], None], opt: torch.optim.Optimizer, device: torch.device, iters: int,
+                     out: dict) -> None:
+    """CPU: time and peak-RSS growth of the first step. CUDA: peak memory and median time after warm-up."""
+    if device.type != "cuda":
+        # The first step, in a process that has not run anything yet, so ru_maxrss is this step's peak.
+        gc.collect()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["train_step_s"] = timed(step, device)
+        out["peak_rss"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+        return
+    for _ in range(warmup_steps(device)):
+        step()
+    opt.zero_grad(set_to_none=True)  # so the step's own gradients count in its peak
+    out["cuda_peak"] = cuda_peak_bytes(step, device)
+    out["train_step_s"] = statistics.median(timed(step, device) for _ in range(iters))
+
+
+def measure_inference(model: torch.nn.Module, x: torch.Tensor, device: torch.device, iters: int,
+                      amp: bool) -> float:
+    """Median seconds of one no-grad eval batch after the warm-up."""
+    model.eval()
+    with torch.no_grad(), autocast(amp):
+        for _ in range(warmup_steps(device)):
+            model(x)
+        return statistics.median(timed(lambda: model(x), device) for _ in range(iters))
+
+
 def worker(name: str, mode: str, args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
     torch.manual_seed(0)
     model = create(name)
+    kan_layers = count_kan_layers(model)
     if mode == "memory_efficient":
         from kan_zoo.layers import set_memory_efficient
 
         if set_memory_efficient(model) == 0:
             return {"skip": "no KAN layers"}
-    out: dict = {}
-    # Training step first, in a process that has not run anything yet, so ru_maxrss is this step's peak.
-    model.train()
-    x = torch.randn(args.train_batch, 3, args.size, args.size)
-    target = torch.randint(0, 1000, (args.train_batch,))
+    if args.triton is not None:
+        if kan_layers == 0 and args.triton == "off":
+            return {"skip": "no KAN layers"}
+        from kan_zoo.layers import set_triton_enabled
+
+        set_triton_enabled(args.triton == "on")
+    out: dict = {"kan_layers": kan_layers}
+    model.to(device).train()
+    x = torch.randn(args.train_batch, 3, args.size, args.size, device=device)
+    target = torch.randint(0, 1000, (args.train_batch,), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    gc.collect()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t = time.perf_counter()
-    loss = torch.nn.functional.cross_entropy(model(x), target)
-    loss.backward()
-    opt.step()
-    out["train_step_s"] = time.perf_counter() - t
-    out["peak_rss"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
-    del loss
+    measure_training(make_train_step(model, x, target, opt, args.amp), opt, device, args.iters, out)
     opt.zero_grad(set_to_none=True)
-    out["saved"] = saved_bytes(model, x)
+    out["saved"] = saved_bytes(model, x, args.amp)
     if mode == "default":
-        model.eval()
-        xb = torch.randn(args.batch, 3, args.size, args.size)
-        times: List[float] = []
-        with torch.no_grad():
-            model(xb)  # warm-up
-            for _ in range(args.iters):
-                t = time.perf_counter()
-                model(xb)
-                times.append(time.perf_counter() - t)
-        out["images_per_s"] = args.batch / statistics.median(times)
+        xb = torch.randn(args.batch, 3, args.size, args.size, device=device)
+        out["images_per_s"] = args.batch / measure_inference(model, xb, device, args.iters, args.amp)
     return out
+
+
+# ---------------------------------------------------------------------------------------------- parent
+def last_error(stderr: str) -> str:
+    """The exception line of the last traceback in ``stderr``, else its last non-empty line."""
+    lines = [line.rstrip() for line in stderr.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if starts:
+        after = [line for line in lines[starts[-1] + 1:] if not line[0].isspace()]
+        if after:
+            return after[0]
+    return lines[-1] if lines else ""
+
+
+def run_child(cmd: List[str], timeout: Optional[float]) -> dict:
+    """A worker's JSON result, or {"failed": reason} with its traceback sent to stderr."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or None)
+    except subprocess.TimeoutExpired:
+        return {"failed": f"timed out after {timeout:.0f} s"}
+    if proc.returncode:
+        print(f"# {' '.join(cmd[2:])} failed (exit status {proc.returncode}):\n{proc.stderr[-4000:]}", file=sys.stderr)
+        reason = last_error(proc.stderr)
+        if proc.returncode < 0:
+            reason = f"killed by signal {-proc.returncode}" + (f" ({reason})" if reason else "")
+        return {"failed": reason or f"exit status {proc.returncode}"}
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"failed": f"no result on stdout: {proc.stdout[-200:]!r}"}
+
+
+def kernels_enabled() -> bool:
+    """kan_zoo's Triton switch as the environment left it (True where this kan_zoo has no switch)."""
+    try:
+        from kan_zoo.layers import triton_enabled
+    except ImportError:
+        return True
+    return triton_enabled()
+
+
+def interrupt_on_sigterm() -> None:
+    """Turn SIGTERM (e.g. from `timeout`) into KeyboardInterrupt, so the parent still prints its table."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def header(cuda: bool) -> List[str]:
+    if cuda:
+        return ["model", "mode", "triton", "inference images/s", "saved for backward MiB",
+                "train-step CUDA peak MiB", "train step ms"]
+    return ["model", "mode", "inference images/s", "saved for backward MiB", "train-step peak RSS growth MiB",
+            "train step s"]
+
+
+def table_row(name: str, mode: str, triton: Optional[str], r: dict) -> List[str]:
+    head = [name, mode] + ([] if triton is None else [triton if r.get("kan_layers", 1) else "-"])
+    if "failed" in r:
+        blanks = [""] * (len(header(triton is not None)) - len(head) - 1)
+        return head + ["failed: " + r["failed"].replace("|", "/")] + blanks
+    ips = f"{r['images_per_s']:.1f}" if "images_per_s" in r else "(same)"
+    if triton is None:
+        return head + [ips, f"{r['saved'] / 2**20:.0f}", f"{r['peak_rss'] / 2**20:.0f}", f"{r['train_step_s']:.1f}"]
+    return head + [ips, f"{r['saved'] / 2**20:.0f}", f"{r['cuda_peak'] / 2**20:.0f}", f"{r['train_step_s'] * 1e3:.1f}"]
+
+
+def describe(args: argparse.Namespace) -> str:
+    if args.device != "cuda":
+        return (f"# bench_models: CPU, {args.threads} threads, torch {torch.__version__}; inference batch {args.batch} "
+                f"at {args.size} px; one training step (SGD) at batch {args.train_batch}; fresh process per row")
+    return (f"# bench_models: cuda {torch.cuda.get_device_name()}, torch {torch.__version__}, amp (bf16 autocast) "
+            f"{'on' if args.amp else 'off'}, Triton kernels {args.triton}; inference batch {args.batch} at {args.size} "
+            f"px, "
+            f"median of {args.iters} batches; training step (SGD) at batch {args.train_batch}: median of {args.iters} "
+            f"steps, CUDA peak = max_memory_allocated growth over one step (model weights and input not counted); "
+            f"{warmup_steps(torch.device('cuda'))} warm-up iterations before each; fresh process per row")
+
+
+def measure_model(name: str, tritons: List[Optional[str]], args: argparse.Namespace, rows: List[List[str]]) -> None:
+    """One fresh worker process per (mode, triton setting) of one model; appends the table rows."""
+    kan_free = False  # a model without KAN layers needs neither the memory-efficient nor the triton-off run
+    for mode in ("default", "memory_efficient"):
+        for triton in tritons:
+            if kan_free:
+                continue
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--mode", mode, "--size",
+                   str(args.size), "--batch", str(args.batch), "--train-batch", str(args.train_batch), "--iters",
+                   str(args.iters), "--threads", str(args.threads), "--device", args.device]
+            cmd += (["--amp"] if args.amp else []) + (["--triton", triton] if triton else [])
+            label = f"{name} ({mode}{', triton ' + triton if triton else ''})"
+            r = run_child(cmd, args.child_timeout)
+            if "skip" in r:
+                if mode == "default" or "no KAN" not in r["skip"]:
+                    print(f"# skipped {label}: {r['skip']}", flush=True)
+                if "no KAN" not in r["skip"]:
+                    break  # not registered: once per mode is enough
+                kan_free = True
+                continue
+            rows.append(table_row(name, mode, triton, r))
+            kan_free = r.get("kan_layers") == 0
+            print(f"#   {label} " + (f"failed: {r['failed']}" if "failed" in r else "done"), flush=True)
 
 
 def main() -> None:
@@ -101,13 +305,23 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="inference batch")
     ap.add_argument("--train-batch", type=int, default=8)
     ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (matters on cpu only)")
     ap.add_argument("--quick", action="store_true", help="64 px, batch 2: a smoke run")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast for every forward (cuda only)")
+    ap.add_argument("--triton", choices=("on", "off", "both"), default=None,
+                    help="KAN models with the Triton basis kernels on, off or both "
+                         "(cuda only; default both, or off under KAN_ZOO_TRITON=0)")
+    ap.add_argument("--child-timeout", type=float, default=0,
+                    help="seconds before a row's worker process is killed and the row marked failed (0: none)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="default", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
         args.size, args.batch, args.train_batch, args.iters = 64, 2, 2, 1
+    if args.device != "cuda" and (args.amp or args.triton):
+        ap.error("--amp and --triton need --device cuda")
+    check_device(args.device)
     torch.set_num_threads(args.threads)
 
     if args.worker:
@@ -117,32 +331,21 @@ def main() -> None:
             print(json.dumps({"skip": str(e)}))
         return
 
-    print(f"# bench_models: CPU, {args.threads} threads, torch {torch.__version__}; inference batch {args.batch} "
-          f"at {args.size} px; one training step (SGD) at batch {args.train_batch}; fresh process per row", flush=True)
-    rows = []
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        for mode in ("default", "memory_efficient"):
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--mode", mode, "--size", str(args.size),
-                   "--batch", str(args.batch), "--train-batch", str(args.train_batch), "--iters", str(args.iters),
-                   "--threads", str(args.threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode:
-                print(f"# {name} ({mode}) failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
-                continue
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            if "skip" in r:
-                if mode == "default" or "no KAN" not in r["skip"]:
-                    print(f"# skipped {name} ({mode}): {r['skip']}", flush=True)
-                continue
-            ips = f"{r['images_per_s']:.1f}" if "images_per_s" in r else "(same)"
-            rows.append([name, mode, ips, f"{r['saved'] / 2**20:.0f}", f"{r['peak_rss'] / 2**20:.0f}",
-                         f"{r['train_step_s']:.1f}"])
-            print(f"#   {name} ({mode}) done", flush=True)
-    header = ["model", "mode", "inference images/s", "saved for backward MiB", "train-step peak RSS growth MiB",
-              "train step s"]
+    cuda = args.device == "cuda"
+    if cuda and args.triton is None:  # KAN_ZOO_TRITON=0 in the environment makes the default "off"
+        args.triton = "both" if kernels_enabled() else "off"
+    tritons: List[Optional[str]] = [None] if not cuda else (["on", "off"] if args.triton == "both" else [args.triton])
+    print(describe(args), flush=True)
+    rows: List[List[str]] = []
+    interrupt_on_sigterm()
+    try:
+        for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+            measure_model(name, tritons, args, rows)
+    except KeyboardInterrupt:
+        print(f"# interrupted: the table has the {len(rows)} rows finished before", flush=True)
     print()
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
+    print("| " + " | ".join(header(cuda)) + " |")
+    print("|" + "|".join("---" for _ in header(cuda)) + "|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
 
