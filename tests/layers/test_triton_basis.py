@@ -24,6 +24,8 @@ def _triton_on_this_device():
     with pytest.MonkeyPatch.context() as mp:
         if DEVICE == "cpu":
             mp.setenv("TRITON_INTERPRET", "1")  # read when the kernels module is first imported, and per call
+        # Both paths must convolve in full float32 for the tight comparisons (cuDNN defaults to TF32).
+        mp.setattr(torch.backends.cudnn, "allow_tf32", False)
         previous = set_triton_enabled(True)
         yield
         set_triton_enabled(previous)
