@@ -90,7 +90,18 @@ def _power(v, N: tl.constexpr):
 
 
 @triton.jit
-def _recurrence_forward(t, coef_ptr, dst, step, live, out_ty, DEGREE: tl.constexpr, SILU: tl.constexpr):
+def _recurrence_c(coef_ptr, beta_ptr, i: tl.constexpr, DEGREE: tl.constexpr, LEARNED_C: tl.constexpr):
+    """c_i: the table's value, times gram's learnable beta_weights[i - 1] where LEARNED_C (read on the
+    device, so a step costs no extra torch op to combine them)."""
+    c = tl.load(coef_ptr + 2 * (DEGREE + 1) + i)
+    if LEARNED_C:
+        c = c * tl.load(beta_ptr + i - 1).to(tl.float32)
+    return c
+
+
+@triton.jit
+def _recurrence_forward(t, coef_ptr, beta_ptr, dst, step, live, out_ty, DEGREE: tl.constexpr, SILU: tl.constexpr,
+                        LEARNED_C: tl.constexpr):
     """P_0 = 1, P_1 = a_1 t + g_1, P_i = (a_i t + g_i) P_{i-1} - c_i P_{i-2}; stores f(P_i) at dst + i * step."""
     p0 = tl.full(t.shape, 1.0, tl.float32)
     tl.store(dst, _function(p0, SILU).to(out_ty), mask=live)
@@ -100,7 +111,7 @@ def _recurrence_forward(t, coef_ptr, dst, step, live, out_ty, DEGREE: tl.constex
         for i in tl.static_range(2, DEGREE + 1):
             a = tl.load(coef_ptr + i)
             g = tl.load(coef_ptr + (DEGREE + 1) + i)
-            c = tl.load(coef_ptr + 2 * (DEGREE + 1) + i)
+            c = _recurrence_c(coef_ptr, beta_ptr, i, DEGREE, LEARNED_C)
             p2 = (a * t + g) * p1 - c * p0
             tl.store(dst + i * step, _function(p2, SILU).to(out_ty), mask=live)
             p0 = p1
@@ -108,8 +119,9 @@ def _recurrence_forward(t, coef_ptr, dst, step, live, out_ty, DEGREE: tl.constex
 
 
 @triton.jit
-def _recurrence_backward(t, coef_ptr, src, step, live, partial_ptr, DEGREE: tl.constexpr, SILU: tl.constexpr,
-                         PARAM_GRADS: tl.constexpr, PARAM_COLS: tl.constexpr, BLOCK: tl.constexpr):
+def _recurrence_backward(t, coef_ptr, beta_ptr, src, step, live, partial_ptr, DEGREE: tl.constexpr,
+                         SILU: tl.constexpr, LEARNED_C: tl.constexpr, PARAM_GRADS: tl.constexpr,
+                         PARAM_COLS: tl.constexpr, BLOCK: tl.constexpr):
     """dL/dt from the functions' gradients at src + i * step. Forward mode: P_i and D_i = dP_i/dt side by
     side, dL/dt = sum_i w_i D_i with w_i = dL/dP_i (P_i reaches the loss through its own slot only).
     With PARAM_GRADS, column j of q holds dP_i/dc_j (zero until i = j, where it is -P_{j-2}), and this
@@ -132,7 +144,7 @@ def _recurrence_backward(t, coef_ptr, src, step, live, partial_ptr, DEGREE: tl.c
         for i in tl.static_range(2, DEGREE + 1):
             a = tl.load(coef_ptr + i)
             g = tl.load(coef_ptr + (DEGREE + 1) + i)
-            c = tl.load(coef_ptr + 2 * (DEGREE + 1) + i)
+            c = _recurrence_c(coef_ptr, beta_ptr, i, DEGREE, LEARNED_C)
             lin = a * t + g
             p2 = lin * p1 - c * p0
             d2 = a * p1 + lin * d1 - c * d0
@@ -203,9 +215,10 @@ def _rbf_backward(t, coef_ptr, src, step, live, NFUNC: tl.constexpr):
 
 @triton.jit
 def expand_forward_kernel(
-    x_ptr, u_ptr, mask_ptr, coef_ptr, out_ptr, numel, group_elems, spatial, edge,
+    x_ptr, u_ptr, mask_ptr, coef_ptr, beta_ptr, out_ptr, numel, group_elems, spatial, edge,
     FAMILY: tl.constexpr, NFUNC: tl.constexpr, BASE: tl.constexpr, FIRST: tl.constexpr, SAME_INPUT: tl.constexpr,
-    PREPARE: tl.constexpr, SILU: tl.constexpr, CLAMP: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr,
+    PREPARE: tl.constexpr, SILU: tl.constexpr, LEARNED_C: tl.constexpr, CLAMP: tl.constexpr, HAS_MASK: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """out[.., f, ..] = function f: the base branch of x (if BASE), then the NFUNC functions of u."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -224,7 +237,7 @@ def expand_forward_kernel(
     t, dt = _basis_input(u, mask_ptr, offs, live, spatial, edge, PREPARE, CLAMP, HAS_MASK)
     dst = dst + FIRST * group_elems
     if FAMILY == 0:
-        _recurrence_forward(t, coef_ptr, dst, group_elems, live, out_ty, NFUNC - 1, SILU)
+        _recurrence_forward(t, coef_ptr, beta_ptr, dst, group_elems, live, out_ty, NFUNC - 1, SILU, LEARNED_C)
     if FAMILY == 1:
         _bernstein_forward(t, coef_ptr, dst, group_elems, live, out_ty, NFUNC - 1)
     if FAMILY == 2:
@@ -233,10 +246,10 @@ def expand_forward_kernel(
 
 @triton.jit
 def expand_backward_kernel(
-    x_ptr, u_ptr, mask_ptr, coef_ptr, grad_ptr, grad_x_ptr, grad_u_ptr, partial_ptr,
+    x_ptr, u_ptr, mask_ptr, coef_ptr, beta_ptr, grad_ptr, grad_x_ptr, grad_u_ptr, partial_ptr,
     numel, group_elems, spatial, edge,
     FAMILY: tl.constexpr, NFUNC: tl.constexpr, BASE: tl.constexpr, FIRST: tl.constexpr, SAME_INPUT: tl.constexpr,
-    PREPARE: tl.constexpr, SILU: tl.constexpr, CLAMP: tl.constexpr, HAS_MASK: tl.constexpr,
+    PREPARE: tl.constexpr, SILU: tl.constexpr, LEARNED_C: tl.constexpr, CLAMP: tl.constexpr, HAS_MASK: tl.constexpr,
     PARAM_GRADS: tl.constexpr, PARAM_COLS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """dL/du (plus the base branch's dL/dx, into grad_x_ptr unless SAME_INPUT, where it adds to
@@ -258,8 +271,8 @@ def expand_backward_kernel(
     src = src + FIRST * group_elems
     grad_t = tl.full([BLOCK], 0.0, tl.float32)
     if FAMILY == 0:
-        grad_t = _recurrence_backward(t, coef_ptr, src, group_elems, live, partial_ptr, NFUNC - 1, SILU,
-                                      PARAM_GRADS, PARAM_COLS, BLOCK)
+        grad_t = _recurrence_backward(t, coef_ptr, beta_ptr, src, group_elems, live, partial_ptr, NFUNC - 1, SILU,
+                                      LEARNED_C, PARAM_GRADS, PARAM_COLS, BLOCK)
     if FAMILY == 1:
         grad_t = _bernstein_backward(t, coef_ptr, src, group_elems, live, NFUNC - 1)
     if FAMILY == 2:

@@ -102,29 +102,23 @@ def _base_code(basis: nn.Module) -> Optional[int]:
     return {"silu": 1, "identity": 2}.get(basis.base_activation)
 
 
-def _coefficients(basis: nn.Module, params: List[torch.Tensor], device: torch.device) -> torch.Tensor:
+def _coefficients(basis: nn.Module, device: torch.device) -> torch.Tensor:
     """The float32 table the kernels read for this basis, on device.
 
-    Recurrence: rows (a_i, g_i, c_i), i = 0..degree, of P_i = (a_i t + g_i) P_{i-1} - c_i P_{i-2}; gram's
-    c_i = factor * beta_weights[i - 1] is built from ``params`` (the tensors autograd saw) by device
-    ops, no host-device copy per call. Bernstein: C(D, k). RBF: the centres, then the inverse width
-    (buffers that grid refits move, so read each call)."""
+    Recurrence: rows (a_i, g_i, c_i), i = 0..degree, of P_i = (a_i t + g_i) P_{i-1} - c_i P_{i-2}, flat;
+    for gram the c row holds the parameter-free factors, which the kernels multiply by beta_weights
+    on the device. Bernstein: C(D, k). RBF: the centres, then the inverse width (buffers that grid
+    refits move, so read each call)."""
     d = basis.degree
     if isinstance(basis, RBFBasis):
         return torch.cat([basis.grid.float(), basis.inv_width.float().reshape(1)])
     if isinstance(basis, BernsteinBasis):
         coeffs = [float(math.comb(d, k)) for k in range(d + 1)]
-        key = ("bernstein", d, device)
+        key: Tuple = ("bernstein", d, device)
     elif isinstance(basis, GramBasis):
+        factors = [0.0, 0.0] + list(basis.beta_factors[: max(d - 1, 0)])
+        coeffs = [0.0] + [1.0] * d + [0.0] * (d + 1) + factors[: d + 1]
         key = ("gram", d, device)
-        if key not in _COEFFICIENTS:
-            table = torch.zeros(3, d + 1)
-            table[0, 1:] = 1.0
-            table[2, 2:] = torch.tensor(basis.beta_factors[: max(d - 1, 0)], dtype=torch.float64).float()
-            _COEFFICIENTS[key] = table.to(device)
-        table = _COEFFICIENTS[key]
-        c = table[2, 2:] * params[0][1:d].detach().float()
-        return torch.cat([table[:2].reshape(-1), table.new_zeros(2), c]) if d >= 2 else table.reshape(-1)
     else:
         rows = [(0.0, 0.0, 0.0)] + list(basis.coefficients())
         coeffs = [value for row in zip(*rows) for value in row]  # a row, g row, c row
@@ -142,7 +136,8 @@ def _launch_args(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, m
         numel=u.numel(), group_elems=u[0].numel() // layer.groups, spatial=math.prod(u.shape[2:]),
         edge=float(clamp or 0.0), FAMILY=family, NFUNC=basis.num_functions, PREPARE=prepare,
         BASE=_base_code(basis) if x is not None else 0, FIRST=int(x is not None), SAME_INPUT=x is None or x is u,
-        SILU=isinstance(basis, GramBasis), CLAMP=clamp is not None, HAS_MASK=mask is not None,
+        SILU=isinstance(basis, GramBasis), LEARNED_C=isinstance(basis, GramBasis), CLAMP=clamp is not None,
+        HAS_MASK=mask is not None,
     )
 
 
@@ -154,9 +149,10 @@ def stacked_basis(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, 
     g = layer.groups
     num = int(x is not None) + layer.basis.num_functions
     out = torch.empty((u.shape[0], g * num * (u.shape[1] // g)) + u.shape[2:], dtype=dtype, device=u.device)
-    coef = _coefficients(layer.basis, params, u.device)
+    coef = _coefficients(layer.basis, u.device)
     grid = (max(1, -(-u.numel() // _BLOCK)),)
-    expand_forward_kernel[grid](x if x is not None else u, u, mask if mask is not None else u, coef, out,
+    expand_forward_kernel[grid](x if x is not None else u, u, mask if mask is not None else u, coef,
+                                params[0].detach() if isinstance(layer.basis, GramBasis) else coef, out,
                                 BLOCK=_BLOCK, **_launch_args(layer, x, u, mask))
     return out
 
@@ -178,9 +174,10 @@ def basis_backward(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor,
     separate_x = x is not None and x is not u
     grad_u = torch.empty_like(u)
     grad_x = torch.empty_like(x) if separate_x else None
-    coef = _coefficients(basis, params, u.device)
+    coef = _coefficients(basis, u.device)
     expand_backward_kernel[(programs,)](
-        x if x is not None else u, u, mask if mask is not None else u, coef, grad_stacked.contiguous(),
+        x if x is not None else u, u, mask if mask is not None else u, coef,
+        params[0].detach() if isinstance(basis, GramBasis) else coef, grad_stacked.contiguous(),
         grad_x if separate_x else grad_u, grad_u, partial,
         PARAM_GRADS=param_grads, PARAM_COLS=cols, BLOCK=block, **_launch_args(layer, x, u, mask),
     )
@@ -188,7 +185,7 @@ def basis_backward(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor,
     if isinstance(basis, GramBasis) and need_params:
         grad_w = torch.zeros_like(params[0])
         if param_grads:  # dL/dw_{i-1} = factor_{i-2} dL/dc_i
-            factors = _COEFFICIENTS[("gram", d, u.device)][2, 2:]
+            factors = coef[2 * (d + 1) + 2:]
             grad_w[1:d] = (partial.sum(0)[2: d + 1] * factors).to(grad_w.dtype)
         grads[0] = grad_w
     return grad_x, grad_u, grads

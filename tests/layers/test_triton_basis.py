@@ -110,7 +110,9 @@ def test_triton_path_equals_torch_path(name, cls, options, shape, kernel_calls):
         if grads_ref[n].abs().max() == 0:
             assert grads[n].abs().max() == 0, n
         else:
-            _close(grads[n], grads_ref[n], 5e-5 if "beta" in n else 2e-6)
+            # parameter gradients are sums over the batch and space: cuDNN's weight-gradient algorithms
+            # sum in their own order (4.8e-6 seen on an H200 for this shape)
+            _close(grads[n], grads_ref[n], 5e-5 if "beta" in n else 2e-5)
 
 
 def test_beta_gradient_against_float64():
