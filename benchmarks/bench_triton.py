@@ -33,6 +33,8 @@ CASES: Dict[str, dict] = {
     "jacobi": dict(basis="jacobi"),
     "bernstein": dict(basis="bernstein"),
     "rbf": dict(basis="rbf"),
+    "bspline": dict(basis="bspline"),
+    "relu": dict(basis="relu"),
 }
 
 

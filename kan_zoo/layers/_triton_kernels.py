@@ -1,4 +1,4 @@
-"""Triton kernels for the basis expansion of gram, chebyshev, legendre, jacobi, bernstein and rbf layers.
+"""Triton kernels for the basis expansion of every separable basis (all but wavelet).
 
 Imported lazily by kan_zoo.layers.triton_basis, only when a layer takes the Triton path, so that
 ``import kan_zoo`` never needs Triton. Every kernel is 1-D over the input u (N, C, *spatial): each
@@ -6,10 +6,12 @@ element is read once and its (base branch +) degree + 1 functions are written to
 gradients read from, the layer's stacked layout (N, G, F, C / G, *spatial). All arithmetic is float32
 in registers whatever the storage dtype.
 
-One forward and one backward kernel serve every family (FAMILY: 0 three-term recurrence, 1 Bernstein,
-2 Gaussian RBF); constexpr switches pick the family, the input map (PREPARE: 0 none, 1 tanh,
-2 sigmoid), the base branch (BASE: 0 none, 1 SiLU, 2 identity) and the dropout mask, so each layer
-compiles to straight-line code. The recurrence's backward carries the derivatives forward with it
+One forward and one backward kernel serve the families whose parameters are shared by all channels
+(FAMILY: 0 three-term recurrence, 1 Bernstein, 2 Gaussian RBF, 3 B-spline); constexpr switches pick
+the family, the input map (PREPARE: 0 none, 1 tanh, 2 sigmoid), the base branch (BASE: 0 none, 1 SiLU,
+2 identity, 3 GELU) and the dropout mask, so each layer compiles to straight-line code. ReLU-KAN,
+whose phases are per channel and learnable, has its own pair on a (row, spatial block) grid so each
+program reads one channel's phases and sums their gradients without atomics. The recurrence's backward carries the derivatives forward with it
 (dP_i/dt, and dP_i/dc_j for gram's learnable c_j) instead of walking it in reverse, so no per-degree
 intermediate is stored.
 Triton's interpreter (TRITON_INTERPRET=1) runs these on CPU tensors: that is how CI tests them. Only
@@ -55,6 +57,37 @@ def _function(p, SILU: tl.constexpr):
 def _silu_grad(x):
     s = _sigmoid(x)
     return s * (1.0 + x * (1.0 - s))
+
+
+@triton.jit
+def _gelu(x):
+    return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+
+
+@triton.jit
+def _gelu_grad(x):
+    return 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476)) + x * tl.exp(-0.5 * x * x) * 0.3989422804014327
+
+
+@triton.jit
+def _base(x, BASE: tl.constexpr):
+    """The base branch's activation: 1 SiLU, 2 identity, 3 GELU."""
+    out = x
+    if BASE == 1:
+        out = x * _sigmoid(x)
+    if BASE == 3:
+        out = _gelu(x)
+    return out
+
+
+@triton.jit
+def _base_grad(x, BASE: tl.constexpr):
+    out = tl.full(x.shape, 1.0, tl.float32)
+    if BASE == 1:
+        out = _silu_grad(x)
+    if BASE == 3:
+        out = _gelu_grad(x)
+    return out
 
 
 @triton.jit
@@ -214,11 +247,76 @@ def _rbf_backward(t, coef_ptr, src, step, live, NFUNC: tl.constexpr):
 
 
 @triton.jit
+def _bspline_cell(t, knots_ptr, NKNOTS: tl.constexpr):
+    """The knot interval of t: g_cell <= t < g_cell+1 (-1 below the first knot, NKNOTS - 1 from the last)."""
+    cell = tl.full(t.shape, -1, tl.int32)
+    for i in tl.static_range(NKNOTS):
+        cell += (t >= tl.load(knots_ptr + i)).to(tl.int32)
+    return cell
+
+
+@triton.jit
+def _bspline_levels(t, cell, knots_ptr, live, LEVEL: tl.constexpr, NKNOTS: tl.constexpr, COLS: tl.constexpr):
+    """The LEVEL + 1 B-splines of order LEVEL that can be nonzero on t's cell, as a (BLOCK, COLS) tile whose
+    column r is B_{cell - LEVEL + r, LEVEL}(t): de Boor's triangle (The NURBS Book, A2.2). Entries of
+    nonexistent functions (index < 0) read masked knots and only ever feed each other."""
+    cols = tl.arange(0, COLS)[None, :]
+    inside = (cell >= 0) & (cell < NKNOTS - 1)
+    tile = tl.where((cols == 0) & inside[:, None], 1.0, 0.0)
+    for k in tl.static_range(1, LEVEL + 1):
+        saved = tl.full(t.shape, 0.0, tl.float32)
+        for r in tl.static_range(k):
+            old = tl.reduce(tl.where(cols == r, tile, 0.0), 1, _add)  # B_{cell - k + 1 + r, k - 1}
+            hi = cell + (r + 1)
+            lo = cell + (1 - k + r)
+            g_hi = tl.load(knots_ptr + hi, mask=live & (hi >= 0) & (hi < NKNOTS), other=0.0)
+            g_lo = tl.load(knots_ptr + lo, mask=live & (lo >= 0) & (lo < NKNOTS), other=0.0)
+            span = g_hi - g_lo
+            temp = tl.where(span != 0.0, old / tl.where(span != 0.0, span, 1.0), 0.0)
+            tile = tl.where(cols == r, (saved + (g_hi - t) * temp)[:, None], tile)
+            saved = (t - g_lo) * temp
+        tile = tl.where(cols == k, saved[:, None], tile)
+    return tile
+
+
+@triton.jit
+def _bspline_forward(t, knots_ptr, dst, step, live, out_ty, DEGREE: tl.constexpr, NFUNC: tl.constexpr,
+                     COLS: tl.constexpr):
+    """B_{j, DEGREE}(t), j = 0..NFUNC - 1, on the NFUNC + DEGREE + 1 knots at knots_ptr."""
+    cell = _bspline_cell(t, knots_ptr, NFUNC + DEGREE + 1)
+    tile = _bspline_levels(t, cell, knots_ptr, live, DEGREE, NFUNC + DEGREE + 1, COLS)
+    cols = tl.arange(0, COLS)[None, :]
+    for j in tl.static_range(NFUNC):
+        b = tl.reduce(tl.where(cols == (j + DEGREE - cell)[:, None], tile, 0.0), 1, _add)
+        tl.store(dst + j * step, b.to(out_ty), mask=live)
+
+
+@triton.jit
+def _bspline_backward(t, knots_ptr, src, step, live, DEGREE: tl.constexpr, NFUNC: tl.constexpr, COLS: tl.constexpr):
+    """dB_{j,S}/dt = S B_{j,S-1} / (g_{j+S} - g_j) - S B_{j+1,S-1} / (g_{j+S+1} - g_{j+1})."""
+    grad_t = tl.full(t.shape, 0.0, tl.float32)
+    if DEGREE >= 1:
+        cell = _bspline_cell(t, knots_ptr, NFUNC + DEGREE + 1)
+        tile = _bspline_levels(t, cell, knots_ptr, live, DEGREE - 1, NFUNC + DEGREE + 1, COLS)
+        cols = tl.arange(0, COLS)[None, :]
+        for j in tl.static_range(NFUNC):
+            col = (j + DEGREE - 1 - cell)[:, None]
+            b_j = tl.reduce(tl.where(cols == col, tile, 0.0), 1, _add)
+            b_next = tl.reduce(tl.where(cols == col + 1, tile, 0.0), 1, _add)
+            g_j = tl.load(knots_ptr + j)
+            g_j1 = tl.load(knots_ptr + j + 1)
+            slope = DEGREE * (b_j / (tl.load(knots_ptr + j + DEGREE) - g_j)
+                              - b_next / (tl.load(knots_ptr + j + DEGREE + 1) - g_j1))
+            grad_t += tl.load(src + j * step, mask=live, other=0.0).to(tl.float32) * slope
+    return grad_t
+
+
+@triton.jit
 def expand_forward_kernel(
     x_ptr, u_ptr, mask_ptr, coef_ptr, beta_ptr, out_ptr, numel, group_elems, spatial, edge,
     FAMILY: tl.constexpr, NFUNC: tl.constexpr, BASE: tl.constexpr, FIRST: tl.constexpr, SAME_INPUT: tl.constexpr,
     PREPARE: tl.constexpr, SILU: tl.constexpr, LEARNED_C: tl.constexpr, CLAMP: tl.constexpr, HAS_MASK: tl.constexpr,
-    BLOCK: tl.constexpr,
+    DEGREE: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """out[.., f, ..] = function f: the base branch of x (if BASE), then the NFUNC functions of u."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -231,9 +329,7 @@ def expand_forward_kernel(
         x = u
         if SAME_INPUT == 0:
             x = tl.load(x_ptr + offs, mask=live, other=0.0).to(tl.float32)
-        if BASE == 1:
-            x = x * _sigmoid(x)
-        tl.store(dst, x.to(out_ty), mask=live)
+        tl.store(dst, _base(x, BASE).to(out_ty), mask=live)
     t, dt = _basis_input(u, mask_ptr, offs, live, spatial, edge, PREPARE, CLAMP, HAS_MASK)
     dst = dst + FIRST * group_elems
     if FAMILY == 0:
@@ -242,6 +338,8 @@ def expand_forward_kernel(
         _bernstein_forward(t, coef_ptr, dst, group_elems, live, out_ty, NFUNC - 1)
     if FAMILY == 2:
         _rbf_forward(t, coef_ptr, dst, group_elems, live, out_ty, NFUNC)
+    if FAMILY == 3:
+        _bspline_forward(t, coef_ptr, dst, group_elems, live, out_ty, DEGREE, NFUNC, COLS)
 
 
 @triton.jit
@@ -250,7 +348,7 @@ def expand_backward_kernel(
     numel, group_elems, spatial, edge,
     FAMILY: tl.constexpr, NFUNC: tl.constexpr, BASE: tl.constexpr, FIRST: tl.constexpr, SAME_INPUT: tl.constexpr,
     PREPARE: tl.constexpr, SILU: tl.constexpr, LEARNED_C: tl.constexpr, CLAMP: tl.constexpr, HAS_MASK: tl.constexpr,
-    PARAM_GRADS: tl.constexpr, PARAM_COLS: tl.constexpr, BLOCK: tl.constexpr,
+    DEGREE: tl.constexpr, COLS: tl.constexpr, PARAM_GRADS: tl.constexpr, PARAM_COLS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """dL/du (plus the base branch's dL/dx, into grad_x_ptr unless SAME_INPUT, where it adds to
     dL/du) from the stacked gradient; with PARAM_GRADS, gram's per-block dL/dc_j into partial_ptr."""
@@ -261,12 +359,10 @@ def expand_backward_kernel(
     src = grad_ptr + block * ((FIRST + NFUNC) * group_elems) + (offs - block * group_elems)
     grad_base = tl.full([BLOCK], 0.0, tl.float32)
     if BASE != 0:
-        grad_base = tl.load(src, mask=live, other=0.0).to(tl.float32)
-        if BASE == 1:
-            x = u
-            if SAME_INPUT == 0:
-                x = tl.load(x_ptr + offs, mask=live, other=0.0).to(tl.float32)
-            grad_base = grad_base * _silu_grad(x)
+        x = u
+        if SAME_INPUT == 0:
+            x = tl.load(x_ptr + offs, mask=live, other=0.0).to(tl.float32)
+        grad_base = tl.load(src, mask=live, other=0.0).to(tl.float32) * _base_grad(x, BASE)
     t, dt = _basis_input(u, mask_ptr, offs, live, spatial, edge, PREPARE, CLAMP, HAS_MASK)
     src = src + FIRST * group_elems
     grad_t = tl.full([BLOCK], 0.0, tl.float32)
@@ -277,9 +373,83 @@ def expand_backward_kernel(
         grad_t = _bernstein_backward(t, coef_ptr, src, group_elems, live, NFUNC - 1)
     if FAMILY == 2:
         grad_t = _rbf_backward(t, coef_ptr, src, group_elems, live, NFUNC)
+    if FAMILY == 3:
+        grad_t = _bspline_backward(t, coef_ptr, src, group_elems, live, DEGREE, NFUNC, COLS)
     grad_u = grad_t * dt
     if SAME_INPUT:
         grad_u += grad_base
     elif BASE != 0:
         tl.store(grad_x_ptr + offs, grad_base.to(grad_x_ptr.dtype.element_ty), mask=live)
+    tl.store(grad_u_ptr + offs, grad_u.to(grad_u_ptr.dtype.element_ty), mask=live)
+
+
+@triton.jit
+def relu_forward_kernel(
+    u_ptr, mask_ptr, low_ptr, high_ptr, scale_ptr, out_ptr, channels, spatial, group_elems,
+    NFUNC: tl.constexpr, BASE: tl.constexpr, FIRST: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """ReLU-KAN: (s relu(t - a_ci) relu(b_ci - t))^2 for program (row = n * C + c, spatial block)."""
+    row = tl.program_id(0)
+    s_offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    live = s_offs < spatial
+    offs = row.to(tl.int64) * spatial + s_offs
+    u = tl.load(u_ptr + offs, mask=live, other=0.0).to(tl.float32)
+    block = offs // group_elems
+    dst = out_ptr + block * ((FIRST + NFUNC) * group_elems) + (offs - block * group_elems)
+    out_ty = out_ptr.dtype.element_ty
+    if BASE != 0:
+        tl.store(dst, _base(u, BASE).to(out_ty), mask=live)
+    t = u
+    if HAS_MASK:
+        t = t * tl.load(mask_ptr + row).to(tl.float32)
+    channel = row % channels
+    scale = tl.load(scale_ptr).to(tl.float32)
+    for i in tl.static_range(NFUNC):
+        low = tl.load(low_ptr + channel * NFUNC + i).to(tl.float32)
+        high = tl.load(high_ptr + channel * NFUNC + i).to(tl.float32)
+        bell = scale * tl.maximum(t - low, 0.0) * tl.maximum(high - t, 0.0)
+        tl.store(dst + (FIRST + i) * group_elems, (bell * bell).to(out_ty), mask=live)
+
+
+@triton.jit
+def relu_backward_kernel(
+    u_ptr, mask_ptr, low_ptr, high_ptr, scale_ptr, grad_ptr, grad_u_ptr, partial_low_ptr, partial_high_ptr,
+    channels, spatial, group_elems,
+    NFUNC: tl.constexpr, BASE: tl.constexpr, FIRST: tl.constexpr, HAS_MASK: tl.constexpr,
+    PARAM_GRADS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """B = (s P Q)^2, P = relu(t - a), Q = relu(b - t): with h = P Q dL/dB, dL/dt = 2 s^2 h (Q - P); and
+    this program's sums of dL/da = -2 s^2 h Q, dL/db = 2 s^2 h P into partial_*[row, block, i]."""
+    row = tl.program_id(0)
+    s_block = tl.program_id(1)
+    s_offs = s_block * BLOCK + tl.arange(0, BLOCK)
+    live = s_offs < spatial
+    offs = row.to(tl.int64) * spatial + s_offs
+    u = tl.load(u_ptr + offs, mask=live, other=0.0).to(tl.float32)
+    block = offs // group_elems
+    src = grad_ptr + block * ((FIRST + NFUNC) * group_elems) + (offs - block * group_elems)
+    grad_u = tl.full([BLOCK], 0.0, tl.float32)
+    if BASE != 0:
+        grad_u = tl.load(src, mask=live, other=0.0).to(tl.float32) * _base_grad(u, BASE)
+    t = u
+    m = 1.0
+    if HAS_MASK:
+        m = tl.load(mask_ptr + row).to(tl.float32)
+        t = t * m
+    channel = row % channels
+    scale = tl.load(scale_ptr).to(tl.float32)
+    factor = 2.0 * scale * scale
+    grad_t = tl.full([BLOCK], 0.0, tl.float32)
+    partial = (row * tl.num_programs(1) + s_block) * NFUNC
+    for i in tl.static_range(NFUNC):
+        low = tl.load(low_ptr + channel * NFUNC + i).to(tl.float32)
+        high = tl.load(high_ptr + channel * NFUNC + i).to(tl.float32)
+        p = tl.maximum(t - low, 0.0)
+        q = tl.maximum(high - t, 0.0)
+        h = p * q * tl.load(src + (FIRST + i) * group_elems, mask=live, other=0.0).to(tl.float32)
+        grad_t += h * (q - p)
+        if PARAM_GRADS:
+            tl.store(partial_low_ptr + partial + i, -factor * tl.reduce(h * q, 0, _add))
+            tl.store(partial_high_ptr + partial + i, factor * tl.reduce(h * p, 0, _add))
+    grad_u += grad_t * (factor * m)
     tl.store(grad_u_ptr + offs, grad_u.to(grad_u_ptr.dtype.element_ty), mask=live)

@@ -1,5 +1,5 @@
-"""The optional Triton path: the basis expansion of gram, chebyshev, legendre, jacobi, bernstein and
-rbf layers as one fused kernel forward and one backward, on CUDA.
+"""The optional Triton path: the basis expansion of a KAN layer as one fused kernel forward and one
+backward, on CUDA, for every separable basis (all but wavelet).
 
 Why: on a GPU the convolution is cuDNN-fast and the basis expansion around it is memory-bound
 elementwise work; op by op, it reads and writes a tensor the size of the input several times per
@@ -8,11 +8,14 @@ straight into the stacked layout, and read the stacked gradient once to write dL
 
 It also runs under autocast: the stacked tensor is written in the autocast dtype (what the conv
 would cast it to anyway), computed in float32 registers, so mixed-precision training keeps half the
-bytes and takes the fused path too. Everything it does not cover (CPU, float64, the grid bases bspline
-and relu, torch.compile tracing, create_graph) falls back to the torch path of kan_zoo.layers.fused,
-which stays the reference: tests compare the two.
+bytes and takes the fused path too. Everything it does not cover (CPU, float64, wavelet, torch.compile
+tracing, create_graph) falls back to the torch path of kan_zoo.layers.fused, which stays the
+reference: tests compare the two.
 
     KAN_ZOO_TRITON=0 in the environment, or set_triton_enabled(False), switches the path off.
+
+The bspline and relu kernels have been checked only under Triton's interpreter so far, not on a GPU:
+on CUDA they run only with KAN_ZOO_TRITON=all (the interpreter, for tests, runs them always).
 """
 from __future__ import annotations
 
@@ -24,19 +27,24 @@ import torch
 from torch import nn
 
 from .bases.bernstein import BernsteinBasis
+from .bases.bspline import BSplineBasis
 from .bases.gram import GramBasis
 from .bases.rbf import RBFBasis
 from .bases.recurrence import ThreeTermRecurrenceBasis
+from .bases.relu import ReLUBasis
 
 __all__ = ["set_triton_enabled", "triton_enabled", "triton_applies", "triton_available", "expand_conv",
            "stacked_basis", "basis_backward"]
 
 _ENABLED = os.environ.get("KAN_ZOO_TRITON", "1") != "0"
+_RELU_FAMILY = 4  # its own kernels (per-channel phases)
 _BLOCK = 1024
 _BLOCK_PARAM_GRADS = 256  # the gram backward keeps a (block, degree) tile of derivatives per program
 _COEFFICIENTS: Dict[Tuple, torch.Tensor] = {}  # constant coefficient tables per (basis spec, device)
 # The kernels' FAMILY code and input map (PREPARE: 0 none, 1 tanh, 2 sigmoid) per supported basis class.
-_FAMILIES = ((GramBasis, 0, 1), (ThreeTermRecurrenceBasis, 0, 1), (BernsteinBasis, 1, 2), (RBFBasis, 2, 0))
+_FAMILIES = ((GramBasis, 0, 1), (ThreeTermRecurrenceBasis, 0, 1), (BernsteinBasis, 1, 2), (RBFBasis, 2, 0),
+             (BSplineBasis, 3, 0), (ReLUBasis, _RELU_FAMILY, 0))
+_NOT_YET_ON_DEVICE = (3, _RELU_FAMILY)  # families not yet run on a GPU: CUDA only with KAN_ZOO_TRITON=all
 
 
 def _family(basis: nn.Module) -> Optional[Tuple[int, int]]:
@@ -80,7 +88,10 @@ def triton_applies(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor,
     basis = layer.basis
     if not _ENABLED or torch.compiler.is_compiling() or _family(basis) is None:
         return False
-    if not (u.is_cuda or (_interpreting() and u.device.type == "cpu")):
+    if u.is_cuda:
+        if _family(basis)[0] in _NOT_YET_ON_DEVICE and os.environ.get("KAN_ZOO_TRITON") != "all":
+            return False
+    elif not (_interpreting() and u.device.type == "cpu"):
         return False
     if u.dtype not in (torch.float32, torch.float16, torch.bfloat16) or not u.is_contiguous():
         return False
@@ -98,8 +109,8 @@ def _same_layout(x: torch.Tensor, u: torch.Tensor) -> bool:
 
 
 def _base_code(basis: nn.Module) -> Optional[int]:
-    """The kernels' code for function 0 of the stack: 1 SiLU(u), 2 u; None for other activations."""
-    return {"silu": 1, "identity": 2}.get(basis.base_activation)
+    """The kernels' code for function 0 of the stack: 1 SiLU(x), 2 x, 3 GELU(x); None for others."""
+    return {"silu": 1, "identity": 2, "gelu": 3}.get(basis.base_activation)
 
 
 def _coefficients(basis: nn.Module, device: torch.device) -> torch.Tensor:
@@ -107,11 +118,13 @@ def _coefficients(basis: nn.Module, device: torch.device) -> torch.Tensor:
 
     Recurrence: rows (a_i, g_i, c_i), i = 0..degree, of P_i = (a_i t + g_i) P_{i-1} - c_i P_{i-2}, flat;
     for gram the c row holds the parameter-free factors, which the kernels multiply by beta_weights
-    on the device. Bernstein: C(D, k). RBF: the centres, then the inverse width (buffers that grid
-    refits move, so read each call)."""
+    on the device. Bernstein: C(D, k). RBF: the centres, then the inverse width; B-spline: the knots
+    (buffers that grid refits move, so read each call)."""
     d = basis.degree
     if isinstance(basis, RBFBasis):
         return torch.cat([basis.grid.float(), basis.inv_width.float().reshape(1)])
+    if isinstance(basis, BSplineBasis):
+        return basis.grid.float()  # the knots (a no-op where they are float32 already)
     if isinstance(basis, BernsteinBasis):
         coeffs = [float(math.comb(d, k)) for k in range(d + 1)]
         key: Tuple = ("bernstein", d, device)
@@ -132,12 +145,15 @@ def _launch_args(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, m
     basis = layer.basis
     family, prepare = _family(basis)
     clamp = getattr(basis, "tanh_clamp", None)
+    d, is_bspline = basis.degree, isinstance(basis, BSplineBasis)
     return dict(
         numel=u.numel(), group_elems=u[0].numel() // layer.groups, spatial=math.prod(u.shape[2:]),
         edge=float(clamp or 0.0), FAMILY=family, NFUNC=basis.num_functions, PREPARE=prepare,
         BASE=_base_code(basis) if x is not None else 0, FIRST=int(x is not None), SAME_INPUT=x is None or x is u,
         SILU=isinstance(basis, GramBasis), LEARNED_C=isinstance(basis, GramBasis), CLAMP=clamp is not None,
         HAS_MASK=mask is not None,
+        # B-spline only: its order and the width of de Boor's triangle tile (a power of 2 above the order)
+        DEGREE=d if is_bspline else 0, COLS=max(2, 1 << d.bit_length()) if is_bspline else 2,
     )
 
 
@@ -149,6 +165,9 @@ def stacked_basis(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, 
     g = layer.groups
     num = int(x is not None) + layer.basis.num_functions
     out = torch.empty((u.shape[0], g * num * (u.shape[1] // g)) + u.shape[2:], dtype=dtype, device=u.device)
+    if isinstance(layer.basis, ReLUBasis):
+        _relu_forward(layer, x, u, mask, params, out)
+        return out
     coef = _coefficients(layer.basis, u.device)
     grid = (max(1, -(-u.numel() // _BLOCK)),)
     expand_forward_kernel[grid](x if x is not None else u, u, mask if mask is not None else u, coef,
@@ -165,6 +184,8 @@ def basis_backward(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor,
     from ._triton_kernels import expand_backward_kernel
 
     basis = layer.basis
+    if isinstance(basis, ReLUBasis):
+        return _relu_backward(layer, x, u, mask, params, grad_stacked, need_params)
     d = basis.degree
     param_grads = need_params and isinstance(basis, GramBasis) and d >= 2
     block = _BLOCK_PARAM_GRADS if param_grads else _BLOCK
@@ -189,6 +210,50 @@ def basis_backward(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor,
             grad_w[1:d] = (partial.sum(0)[2: d + 1] * factors).to(grad_w.dtype)
         grads[0] = grad_w
     return grad_x, grad_u, grads
+
+
+def _relu_grid(u: torch.Tensor) -> Tuple[Tuple[int, int], int]:
+    """((rows, spatial blocks), block) for the ReLU kernels: one program per (sample, channel) row chunk."""
+    spatial = math.prod(u.shape[2:])
+    block = min(1024, max(16, 1 << (spatial - 1).bit_length()))
+    return (u.shape[0] * u.shape[1], -(-spatial // block)), block
+
+
+def _relu_launch_args(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]) -> dict:
+    return dict(channels=u.shape[1], spatial=math.prod(u.shape[2:]), group_elems=u[0].numel() // layer.groups,
+                NFUNC=layer.basis.num_functions, BASE=_base_code(layer.basis) if x is not None else 0,
+                FIRST=int(x is not None), HAS_MASK=mask is not None)
+
+
+def _relu_forward(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor],
+                  params: List[torch.Tensor], out: torch.Tensor) -> None:
+    from ._triton_kernels import relu_forward_kernel
+
+    low, high = (p.detach() for p in params)
+    grid, block = _relu_grid(u)
+    relu_forward_kernel[grid](u, mask if mask is not None else u, low, high, layer.basis.scale, out,
+                              BLOCK=block, **_relu_launch_args(layer, x, u, mask))
+
+
+def _relu_backward(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor],
+                   params: List[torch.Tensor], grad_stacked: torch.Tensor, need_params: bool
+                   ) -> Tuple[Optional[torch.Tensor], torch.Tensor, List[Optional[torch.Tensor]]]:
+    from ._triton_kernels import relu_backward_kernel
+
+    low, high = (p.detach() for p in params)
+    grid, block = _relu_grid(u)
+    nfunc = layer.basis.num_functions
+    partial_shape = (u.shape[0], u.shape[1], grid[1], nfunc) if need_params else (1,)
+    partial_low = torch.empty(partial_shape, dtype=torch.float32, device=u.device)
+    partial_high = torch.empty_like(partial_low)
+    grad_u = torch.empty_like(u)
+    relu_backward_kernel[grid](u, mask if mask is not None else u, low, high, layer.basis.scale,
+                               grad_stacked.contiguous(), grad_u, partial_low, partial_high,
+                               PARAM_GRADS=need_params, BLOCK=block, **_relu_launch_args(layer, x, u, mask))
+    grads: List[Optional[torch.Tensor]] = [None, None]
+    if need_params:  # one value per (channel, function): sum over samples and spatial blocks
+        grads = [partial.sum((0, 2)).to(p.dtype) for partial, p in zip((partial_low, partial_high), params)]
+    return None, grad_u, grads
 
 
 def _compute_dtype(u: torch.Tensor) -> torch.dtype:

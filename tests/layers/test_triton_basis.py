@@ -24,6 +24,7 @@ def _triton_on_this_device():
     with pytest.MonkeyPatch.context() as mp:
         if DEVICE == "cpu":
             mp.setenv("TRITON_INTERPRET", "1")  # read when the kernels module is first imported, and per call
+        mp.setenv("KAN_ZOO_TRITON", "all")  # on a GPU, also the kernels not yet checked there
         # Both paths must convolve in full float32 for the tight comparisons (cuDNN defaults to TF32).
         mp.setattr(torch.backends.cudnn, "allow_tf32", False)
         previous = set_triton_enabled(True)
@@ -85,6 +86,14 @@ CASES: List[Tuple[str, type, dict, tuple]] = [
     ("rbf", KANConv2d, dict(basis="rbf"), (2, 8, 7, 6)),  # base branch on x, basis on norm(x)
     ("rbf-groups-batchnorm", KANConv2d, dict(basis="rbf", groups=2, norm_layer="batch", grid_size=5), (3, 8, 5, 5)),
     ("bottleneck-bernstein", BottleneckKANConv2d, dict(basis="bernstein"), (2, 16, 6, 6)),
+    ("bspline", KANConv2d, dict(basis="bspline"), (2, 6, 7, 7)),  # base branch GELU
+    ("bspline-d1-groups", KANConv2d, dict(basis="bspline", degree=1, grid_size=4, groups=2), (2, 6, 5, 5)),
+    ("bspline-d0-dropout", KANConv2d, dict(basis="bspline", degree=0, dropout=0.3), (2, 4, 5, 5)),
+    ("bspline-d4-wide-range", KANConv2d, dict(basis="bspline", degree=4, grid_range=(-2.0, 3.0)), (2, 4, 6, 6)),
+    ("bottleneck-bspline", BottleneckKANConv2d, dict(basis="bspline"), (2, 16, 6, 6)),
+    ("relu", KANConv2d, dict(basis="relu"), (2, 6, 7, 7)),
+    ("relu-groups-dropout", KANConv2d, dict(basis="relu", groups=2, dropout=0.3, grid_size=3, degree=2), (2, 6, 5, 9)),
+    ("relu-fixed-phases-1d", KANConv1d, dict(basis="relu", train_phases=False), (2, 4, 40)),
     ("gram-1d", KANConv1d, dict(basis="gram", degree=3), (2, 4, 17)),
     ("legendre-3d", KANConv3d, dict(basis="legendre"), (1, 4, 4, 5, 3)),
     ("bottleneck-gram", BottleneckKANConv2d, dict(basis="gram", degree=3), (2, 16, 6, 6)),
@@ -209,12 +218,12 @@ def test_double_backward_through_the_triton_node():
     _close(penalties[0][1], penalties[1][1], 1e-5)
 
 
-@pytest.mark.parametrize("case", ["float64", "disabled", "bspline", "relu", "compile-style padding"])
+@pytest.mark.parametrize("case", ["float64", "disabled", "wavelet", "compile-style padding"])
 def test_falls_back_to_the_torch_path(case, kernel_calls):
     options, dtype = dict(basis="gram", padding=1), torch.float32
     if case == "float64":
         dtype = torch.float64
-    if case in ("bspline", "relu"):
+    if case == "wavelet":
         options["basis"] = case
     if case == "compile-style padding":
         options = dict(basis="gram", padding="same", kernel_size=4)  # asymmetric 'same'
@@ -227,6 +236,30 @@ def test_falls_back_to_the_torch_path(case, kernel_calls):
     finally:
         set_triton_enabled(previous)
     assert kernel_calls == {"forward": 0, "backward": 0}
+
+
+def test_bspline_on_refitted_knots(kernel_calls):
+    """After a grid refit the knots are no longer uniform; the kernel reads them, as the torch path does."""
+    layer = KANConv2d(4, 4, 3, padding=1, basis="bspline").to(DEVICE)
+    with torch.no_grad():
+        knots = layer.basis.grid
+        knots.copy_(torch.sort(knots + 0.2 * torch.rand_like(knots) * (knots[1] - knots[0]))[0])
+    x = torch.randn(2, 4, 8, 8).to(DEVICE)
+    y, dx, grads = _step(layer, x, triton=True)
+    y_ref, dx_ref, grads_ref = _step(layer, x, triton=False)
+    assert kernel_calls == {"forward": 1, "backward": 1}
+    _close(y, y_ref, 2e-6)
+    _close(dx, dx_ref, 2e-6)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the CUDA gate")
+def test_kernels_not_yet_run_on_a_gpu_need_opt_in(monkeypatch):
+    layer = KANConv2d(4, 4, 3, padding=1, basis="bspline").cuda()
+    x = torch.randn(1, 4, 5, 5, device="cuda")
+    monkeypatch.delenv("KAN_ZOO_TRITON", raising=False)
+    assert not triton_basis.triton_applies(layer, x, x, None)
+    monkeypatch.setenv("KAN_ZOO_TRITON", "all")
+    assert triton_basis.triton_applies(layer, x, x, None)
 
 
 def test_interpreter_is_only_used_when_asked(monkeypatch):
