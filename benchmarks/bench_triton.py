@@ -158,7 +158,8 @@ def main() -> None:
             except Exception as e:  # one failing case must not lose the table
                 print(f"| {case} | {batch} | failed: {type(e).__name__}: {str(e).splitlines()[0][:120]} |", flush=True)
                 continue
-            print(f"| {case} | {batch} | {r['fwd'] * 1e6:.0f} | {r['torch_fwd'] * 1e6:.0f} | {r['torch_fwd'] / r['fwd']:.2f}x "
+            print(f"| {case} | {batch} | {r['fwd'] * 1e6:.0f} | {r['torch_fwd'] * 1e6:.0f} "
+                  f"| {r['torch_fwd'] / r['fwd']:.2f}x "
                   f"| {r['bwd'] * 1e6:.0f} | {r['torch_bwd'] * 1e6:.0f} | {r['torch_bwd'] / r['bwd']:.2f}x "
                   f"| {r['fwd_gbs']:.0f} | {r['bwd_gbs']:.0f} | {r['copy_gbs']:.0f} "
                   f"| {r['stack_diff']:.1e} / {r['grad_diff']:.1e} |", flush=True)

@@ -219,7 +219,8 @@ def _relu_grid(u: torch.Tensor) -> Tuple[Tuple[int, int], int]:
     return (u.shape[0] * u.shape[1], -(-spatial // block)), block
 
 
-def _relu_launch_args(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]) -> dict:
+def _relu_launch_args(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor,
+                      mask: Optional[torch.Tensor]) -> dict:
     return dict(channels=u.shape[1], spatial=math.prod(u.shape[2:]), group_elems=u[0].numel() // layer.groups,
                 NFUNC=layer.basis.num_functions, BASE=_base_code(layer.basis) if x is not None else 0,
                 FIRST=int(x is not None), HAS_MASK=mask is not None)
@@ -227,7 +228,7 @@ def _relu_launch_args(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tens
 
 def _relu_forward(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor],
                   params: List[torch.Tensor], out: torch.Tensor) -> None:
-    from ._triton_kernels import relu_forward_kernel
+    from ._triton_relu_kernels import relu_forward_kernel
 
     low, high = (p.detach() for p in params)
     grid, block = _relu_grid(u)
@@ -238,7 +239,7 @@ def _relu_forward(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, 
 def _relu_backward(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor],
                    params: List[torch.Tensor], grad_stacked: torch.Tensor, need_params: bool
                    ) -> Tuple[Optional[torch.Tensor], torch.Tensor, List[Optional[torch.Tensor]]]:
-    from ._triton_kernels import relu_backward_kernel
+    from ._triton_relu_kernels import relu_backward_kernel
 
     low, high = (p.detach() for p in params)
     grid, block = _relu_grid(u)
@@ -322,7 +323,8 @@ def _differentiable_backward(ctx, x, u, mask, weight, params, grad_y) -> tuple:
     return (None, None, grad_x, grad_u, None, grad_w, *grad_params)
 
 
-def expand_conv(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+def expand_conv(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor,
+                mask: Optional[torch.Tensor]) -> torch.Tensor:
     """``layer.expand_conv`` through the Triton kernels (check :func:`triton_applies` first)."""
     params = list(layer.basis.parameters())
     needs_grad = torch.is_grad_enabled() and (

@@ -3,7 +3,6 @@
 On a CUDA machine the kernels compile and run on the GPU; elsewhere (CI) they run on CPU tensors
 under Triton's interpreter (TRITON_INTERPRET=1, set for this module only), the same kernel code.
 """
-import os
 from typing import Dict, List, Tuple
 
 import pytest
@@ -51,7 +50,8 @@ def kernel_calls(monkeypatch) -> Dict[str, int]:
     return calls
 
 
-def _step(layer, x: torch.Tensor, triton: bool, seed: int = 1) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+def _step(layer, x: torch.Tensor, triton: bool,
+          seed: int = 1) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
     """(output, dL/dx, {param: grad}) of one forward+backward with the Triton path on or off."""
     previous = set_triton_enabled(triton)
     try:
