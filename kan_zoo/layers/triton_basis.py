@@ -91,6 +91,8 @@ def triton_applies(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor,
     if u.is_cuda:
         if _family(basis)[0] in _NOT_YET_ON_DEVICE and os.environ.get("KAN_ZOO_TRITON") != "all":
             return False
+        if not _capable(u.device, _compute_dtype(u)):
+            return False
     elif not (_interpreting() and u.device.type == "cpu"):
         return False
     if u.dtype not in (torch.float32, torch.float16, torch.bfloat16) or not u.is_contiguous():
@@ -102,6 +104,18 @@ def triton_applies(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor,
     if _TRITON_IMPORTABLE is None:
         _TRITON_IMPORTABLE = triton_available()
     return _TRITON_IMPORTABLE
+
+
+_CAPABLE: Dict[Tuple, bool] = {}
+
+
+def _capable(device: torch.device, dtype: torch.dtype) -> bool:
+    """Triton needs compute capability 7.0 (as torch.compile's inductor checks) and 8.0 for bfloat16."""
+    key = (device.index, dtype)
+    if key not in _CAPABLE:
+        capability = torch.cuda.get_device_capability(device)
+        _CAPABLE[key] = capability >= ((8, 0) if dtype == torch.bfloat16 else (7, 0))
+    return _CAPABLE[key]
 
 
 def _same_layout(x: torch.Tensor, u: torch.Tensor) -> bool:
