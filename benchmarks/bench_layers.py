@@ -43,9 +43,7 @@ import gc
 import json
 import os
 import resource
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -53,6 +51,8 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
 
 import torch
+from _bench_common import (autocast, check_device, cuda_peak_bytes, interrupt_on_sigterm, run_worker, sync, timed,
+                           warmup_steps)
 from torch import nn
 
 # name -> (basis, KANConv2d options); degree 3 everywhere except gram-d5, other options at defaults.
@@ -87,48 +87,6 @@ QUICK = Shape(4, 32, 28)
 
 
 # ---------------------------------------------------------------------------------------------- device
-def sync(device: torch.device) -> None:
-    """Wait for the work queued on ``device`` (a no-op on CPU, where ops are synchronous)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall seconds of one call of ``fn``, including the device work it queued."""
-    sync(device)
-    t = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t
-
-
-def cuda_peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """CUDA memory peak of one call of ``fn`` above what was allocated before it (bytes)."""
-    gc.collect()
-    sync(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    fn()
-    sync(device)
-    return torch.cuda.max_memory_allocated(device) - before
-
-
-def warmup_steps(device: torch.device) -> int:
-    return 3 if device.type == "cuda" else 1
-
-
-def check_device(device: str) -> None:
-    """Fail early, before any child process, when --device cuda cannot work."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device cuda: CUDA is not available to this torch {torch.__version__} "
-                         f"(built with CUDA {torch.version.cuda}); run on a GPU machine or use --device cpu")
-
-
-def autocast(amp: bool) -> ContextManager:
-    """bf16 autocast on CUDA for --amp, else nothing."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
-
-
 @contextlib.contextmanager
 def triton_off() -> Iterator[None]:
     """Switch kan_zoo's Triton basis kernels off for the block, restoring the previous setting after."""
@@ -349,40 +307,15 @@ def rss_worker(case: str, shape: Shape, variant: str) -> dict:
     return {"rss": (after - before) * 1024}  # ru_maxrss is in KiB on Linux
 
 
-def last_error(stderr: str) -> str:
-    """The exception line of the last traceback in ``stderr``, else its last non-empty line."""
-    lines = [line.rstrip() for line in stderr.splitlines() if line.strip()]
-    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
-    if starts:
-        after = [line for line in lines[starts[-1] + 1:] if not line[0].isspace()]
-        if after:
-            return after[0]
-    return lines[-1] if lines else ""
-
-
 class ChildFailed(RuntimeError):
     """A worker process exited non-zero (or timed out); the message is its last error line."""
 
 
 def run_child(args: List[str], timeout: Optional[float] = None) -> dict:
     """Run this script as a worker; its JSON result, or ChildFailed with the traceback sent to stderr."""
-    cmd = [sys.executable, os.path.abspath(__file__)] + args
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or None)
-    except subprocess.TimeoutExpired:
-        raise ChildFailed(f"timed out after {timeout:.0f} s") from None
-    if proc.returncode:
-        print(f"# {' '.join(args)} failed (exit status {proc.returncode}):\n{proc.stderr[-4000:]}", file=sys.stderr)
-        reason = last_error(proc.stderr)
-        if proc.returncode < 0:
-            reason = f"killed by signal {-proc.returncode}" + (f" ({reason})" if reason else "")
-        raise ChildFailed(reason or f"exit status {proc.returncode}")
-    try:
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        raise ChildFailed(f"no result on stdout: {proc.stdout[-200:]!r}") from None
-    if result.get("errors"):
-        print(f"# {' '.join(args)}: variants failed:\n{proc.stderr[-4000:]}", file=sys.stderr)
+    result = run_worker([sys.executable, os.path.abspath(__file__)] + args, timeout, " ".join(args))
+    if "failed" in result:
+        raise ChildFailed(result["failed"])
     return result
 
 
@@ -437,15 +370,6 @@ def case_note(case: str, r: dict, cuda: bool) -> str:
     for v, e in r.get("errors", {}).items():
         note += f"; {v} failed: {e}"
     return note
-
-
-def interrupt_on_sigterm() -> None:
-    """Turn SIGTERM (e.g. from `timeout`) into KeyboardInterrupt, so the parent still prints its table."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def measure_case(case: str, args: argparse.Namespace, common: List[str]) -> Tuple[dict, Dict[str, int]]:

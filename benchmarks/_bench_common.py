@@ -1,0 +1,100 @@
+"""Helpers shared by bench_layers.py and bench_models.py: device timing and memory, and running a
+measurement in a fresh worker process whose failure becomes a table row instead of a crash.
+
+The scripts import it as a sibling module (python puts benchmarks/ on sys.path for them).
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import signal
+import subprocess
+import sys
+import time
+from typing import Callable, ContextManager, List, Optional
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a no-op on CPU, where ops are synchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call of ``fn``, including the device work it queued."""
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def cuda_peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """CUDA memory peak of one call of ``fn`` above what was allocated before it (bytes)."""
+    gc.collect()
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def warmup_steps(device: torch.device) -> int:
+    return 3 if device.type == "cuda" else 1
+
+
+def autocast(amp: bool) -> ContextManager:
+    """bf16 autocast on CUDA for --amp, else nothing."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
+
+def check_device(device: str) -> None:
+    """Fail early, before any child process, when --device cuda cannot work."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device cuda: CUDA is not available to this torch {torch.__version__} "
+                         f"(built with CUDA {torch.version.cuda}); run on a GPU machine or use --device cpu")
+
+
+def last_error(stderr: str) -> str:
+    """The exception line of the last traceback in ``stderr``, else its last non-empty line."""
+    lines = [line.rstrip() for line in stderr.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if starts:
+        after = [line for line in lines[starts[-1] + 1:] if not line[0].isspace()]
+        if after:
+            return after[0]
+    return lines[-1] if lines else ""
+
+
+def run_worker(cmd: List[str], timeout: Optional[float], label: str) -> dict:
+    """The JSON result a worker prints last, or {"failed": reason} (its traceback goes to stderr)."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or None)
+    except subprocess.TimeoutExpired:
+        return {"failed": f"timed out after {timeout:.0f} s"}
+    if proc.returncode:
+        print(f"# {label} failed (exit status {proc.returncode}):\n{proc.stderr[-4000:]}", file=sys.stderr)
+        reason = last_error(proc.stderr)
+        if proc.returncode < 0:
+            reason = f"killed by signal {-proc.returncode}" + (f" ({reason})" if reason else "")
+        return {"failed": reason or f"exit status {proc.returncode}"}
+    try:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"failed": f"no result on stdout: {proc.stdout[-200:]!r}"}
+    if result.get("errors"):
+        print(f"# {label}: variants failed:\n{proc.stderr[-4000:]}", file=sys.stderr)
+    return result
+
+
+def interrupt_on_sigterm() -> None:
+    """Turn SIGTERM (e.g. from `timeout`) into KeyboardInterrupt, so the parent still prints its table."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
