@@ -214,13 +214,13 @@ class KANConvNd(nn.Module):
     def expand_conv(self, x: Optional[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
         """conv(stacked basis of (x, u), weight): one fused autograd node where it applies."""
         mask = self.dropout_mask(u)
-        if triton_applies(self, x, u, mask):  # CUDA: one fused kernel each way (kan_zoo.layers.triton_basis)
-            return triton_expand_conv(self, x, u, mask)
         params = list(self.basis.parameters())
         needs_grad = torch.is_grad_enabled() and (
             u.requires_grad or self.weight.requires_grad or any(p.requires_grad for p in params)
             or (x is not None and x.requires_grad)
         )
+        if triton_applies(self, x, u, mask):  # CUDA: one fused kernel each way (kan_zoo.layers.triton_basis)
+            return triton_expand_conv(self, x, u, mask, params, needs_grad)
         # The in-place fast path (and the fused node built on it) runs eagerly only: the compiler and
         # exporters must see the plain ops, meta tensors have nothing to compute, and autocast picks
         # dtypes per op, which the preallocated stacked tensor would not follow.

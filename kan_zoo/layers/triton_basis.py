@@ -32,6 +32,7 @@ from .bases.gram import GramBasis
 from .bases.rbf import RBFBasis
 from .bases.recurrence import ThreeTermRecurrenceBasis
 from .bases.relu import ReLUBasis
+from .fused import _differentiable_backward
 
 __all__ = ["set_triton_enabled", "triton_enabled", "triton_applies", "triton_available", "expand_conv",
            "stacked_basis", "basis_backward"]
@@ -86,10 +87,11 @@ def triton_applies(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor,
     """Whether ``layer.expand_conv(x, u)`` can take the Triton path for these inputs."""
     global _TRITON_IMPORTABLE
     basis = layer.basis
-    if not _ENABLED or torch.compiler.is_compiling() or _family(basis) is None:
+    family = _family(basis)
+    if not _ENABLED or torch.compiler.is_compiling() or family is None:
         return False
     if u.is_cuda:
-        if _family(basis)[0] in _NOT_YET_ON_DEVICE and os.environ.get("KAN_ZOO_TRITON") != "all":
+        if family[0] in _NOT_YET_ON_DEVICE and os.environ.get("KAN_ZOO_TRITON") != "all":
             return False
         if not _capable(u.device, _compute_dtype(u)):
             return False
@@ -155,19 +157,29 @@ def _coefficients(basis: nn.Module, device: torch.device) -> torch.Tensor:
     return _COEFFICIENTS[key]
 
 
+def _pow2_above(n: int) -> int:
+    """The smallest power of 2 (at least 2) above n: a tile width for n + 1 columns."""
+    return max(2, 1 << n.bit_length())
+
+
+def _layout_args(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]) -> dict:
+    """What every kernel needs to know of the stacked layout, the base branch and the dropout mask."""
+    return dict(group_elems=u[0].numel() // layer.groups, spatial=math.prod(u.shape[2:]),
+                NFUNC=layer.basis.num_functions, BASE=_base_code(layer.basis) if x is not None else 0,
+                FIRST=int(x is not None), HAS_MASK=mask is not None)
+
+
 def _launch_args(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]) -> dict:
     basis = layer.basis
     family, prepare = _family(basis)
     clamp = getattr(basis, "tanh_clamp", None)
     d, is_bspline = basis.degree, isinstance(basis, BSplineBasis)
     return dict(
-        numel=u.numel(), group_elems=u[0].numel() // layer.groups, spatial=math.prod(u.shape[2:]),
-        edge=float(clamp or 0.0), FAMILY=family, NFUNC=basis.num_functions, PREPARE=prepare,
-        BASE=_base_code(basis) if x is not None else 0, FIRST=int(x is not None), SAME_INPUT=x is None or x is u,
-        SILU=isinstance(basis, GramBasis), LEARNED_C=isinstance(basis, GramBasis), CLAMP=clamp is not None,
-        HAS_MASK=mask is not None,
-        # B-spline only: its order and the width of de Boor's triangle tile (a power of 2 above the order)
-        DEGREE=d if is_bspline else 0, COLS=max(2, 1 << d.bit_length()) if is_bspline else 2,
+        _layout_args(layer, x, u, mask), numel=u.numel(), edge=float(clamp or 0.0), FAMILY=family, PREPARE=prepare,
+        SAME_INPUT=x is None or x is u, SILU=isinstance(basis, GramBasis), LEARNED_C=isinstance(basis, GramBasis),
+        CLAMP=clamp is not None,
+        # B-spline only: its order and the width of de Boor's triangle tile
+        DEGREE=d if is_bspline else 0, COLS=_pow2_above(d) if is_bspline else 2,
     )
 
 
@@ -203,7 +215,7 @@ def basis_backward(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor,
     d = basis.degree
     param_grads = need_params and isinstance(basis, GramBasis) and d >= 2
     block = _BLOCK_PARAM_GRADS if param_grads else _BLOCK
-    cols = max(2, 1 << d.bit_length()) if param_grads else 2  # a power of 2 above the degree
+    cols = _pow2_above(d) if param_grads else 2
     programs = max(1, -(-u.numel() // block))
     partial = torch.empty((programs, cols) if param_grads else (1,), dtype=torch.float32, device=u.device)
     separate_x = x is not None and x is not u
@@ -233,13 +245,6 @@ def _relu_grid(u: torch.Tensor) -> Tuple[Tuple[int, int], int]:
     return (u.shape[0] * u.shape[1], -(-spatial // block)), block
 
 
-def _relu_launch_args(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor,
-                      mask: Optional[torch.Tensor]) -> dict:
-    return dict(channels=u.shape[1], spatial=math.prod(u.shape[2:]), group_elems=u[0].numel() // layer.groups,
-                NFUNC=layer.basis.num_functions, BASE=_base_code(layer.basis) if x is not None else 0,
-                FIRST=int(x is not None), HAS_MASK=mask is not None)
-
-
 def _relu_forward(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor],
                   params: List[torch.Tensor], out: torch.Tensor) -> None:
     from ._triton_relu_kernels import relu_forward_kernel
@@ -247,7 +252,7 @@ def _relu_forward(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, 
     low, high = (p.detach() for p in params)
     grid, block = _relu_grid(u)
     relu_forward_kernel[grid](u, mask if mask is not None else u, low, high, layer.basis.scale, out,
-                              BLOCK=block, **_relu_launch_args(layer, x, u, mask))
+                              BLOCK=block, channels=u.shape[1], **_layout_args(layer, x, u, mask))
 
 
 def _relu_backward(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor],
@@ -264,7 +269,8 @@ def _relu_backward(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor,
     grad_u = torch.empty_like(u)
     relu_backward_kernel[grid](u, mask if mask is not None else u, low, high, layer.basis.scale,
                                grad_stacked.contiguous(), grad_u, partial_low, partial_high,
-                               PARAM_GRADS=need_params, BLOCK=block, **_relu_launch_args(layer, x, u, mask))
+                               PARAM_GRADS=need_params, BLOCK=block, channels=u.shape[1],
+                               **_layout_args(layer, x, u, mask))
     grads: List[Optional[torch.Tensor]] = [None, None]
     if need_params:  # one value per (channel, function): sum over samples and spatial blocks
         grads = [partial.sum((0, 2)).to(p.dtype) for partial, p in zip((partial_low, partial_high), params)]
@@ -276,33 +282,39 @@ def _compute_dtype(u: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else u.dtype
 
 
+def _expand_and_convolve(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor],
+                         weight: torch.Tensor, params: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(conv output, stacked basis): the stack in the compute dtype, convolved with the weight cast to it."""
+    dtype = _compute_dtype(u)
+    stacked = stacked_basis(layer, x, u, mask, params, dtype)
+    with torch.autocast(u.device.type, enabled=False):
+        return layer._conv(stacked, weight.to(dtype), layer.groups), stacked
+
+
 class TritonExpandConvFunction(torch.autograd.Function):
     """y = conv(stacked basis of (x, u), weight) with the basis by the Triton kernels; like
-    kan_zoo.layers.fused.ExpandConvFunction, it keeps its inputs and (unless memory-efficient) the stack.
+    kan_zoo.layers.fused.ExpandConvFunction (same inputs, whose double backward it shares), it keeps its
+    inputs and (unless memory-efficient) the stack.
     x is the base branch's input: None (no base in the stack), u itself, or another tensor (rbf)."""
 
     @staticmethod
     def forward(ctx, layer, keep_basis: bool, x, u, mask, weight, *params):  # type: ignore[override]
-        dtype = _compute_dtype(u)
-        stacked = stacked_basis(layer, x, u, mask, list(params), dtype)
-        with torch.autocast(u.device.type, enabled=False):
-            y = layer._conv(stacked, weight.to(dtype), layer.groups)
-        ctx.layer, ctx.dtype = layer, dtype
-        ctx.base = "none" if x is None else ("same" if x is u else "separate")
-        ctx.save_for_backward(x if ctx.base == "separate" else None, u, mask, weight,
-                              stacked if keep_basis else None, *params)
+        y, stacked = _expand_and_convolve(layer, x, u, mask, weight, list(params))
+        ctx.layer, ctx.dtype, ctx.x_is_u = layer, stacked.dtype, x is u
+        ctx.param_names = [name for name, _ in layer.basis.named_parameters()]
+        ctx.save_for_backward(None if ctx.x_is_u else x, u, mask, weight, stacked if keep_basis else None, *params)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):  # type: ignore[override]
         x, u, mask, weight, stacked, *params = ctx.saved_tensors
-        x = u if ctx.base == "same" else x
+        x = u if ctx.x_is_u else x
         layer, dtype = ctx.layer, ctx.dtype
+        if torch.is_grad_enabled():  # create_graph=True: replay through differentiable torch ops
+            return _differentiable_backward(ctx, layer, x, u, mask, weight, params, grad_y)
         need_x, need_u, _, need_w = ctx.needs_input_grad[2:6]
         need_params = any(ctx.needs_input_grad[6:])
         need_basis = need_x or need_u or need_params
-        if torch.is_grad_enabled():  # create_graph=True: replay through differentiable torch ops
-            return _differentiable_backward(ctx, x, u, mask, weight, params, grad_y)
         if stacked is None:
             stacked = stacked_basis(layer, x, u, mask, params, dtype)
         grad_stacked, grad_w, _ = torch.ops.aten.convolution_backward(
@@ -313,41 +325,15 @@ class TritonExpandConvFunction(torch.autograd.Function):
         grad_x, grad_u, grad_params = None, None, [None] * len(params)
         if need_basis:
             grad_x, grad_u, grad_params = basis_backward(layer, x, u, mask, params, grad_stacked, need_params)
-        if ctx.base == "same":
+        if ctx.x_is_u:
             grad_x, grad_u = grad_u, None  # x is u: autograd sums both slots, so give it once
         grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
         return (None, None, grad_x if need_x else None, grad_u if need_u else None, None, grad_w, *grad_params)
 
 
-def _differentiable_backward(ctx, x, u, mask, weight, params, grad_y) -> tuple:
-    from .fused import swap_parameters
-
-    layer = ctx.layer
-    names = [name for name, _ in layer.basis.named_parameters()]
-    inputs = [None if ctx.base == "same" else x, u, weight, *params]
-    needs = [ctx.needs_input_grad[2], ctx.needs_input_grad[3], ctx.needs_input_grad[5], *ctx.needs_input_grad[6:]]
-    with torch.enable_grad(), swap_parameters(layer.basis, dict(zip(names, params))):
-        y = layer._conv(layer.stacked_basis(x, u, mask), weight, layer.groups)
-        wrt = [t for t, need in zip(inputs, needs) if t is not None and need]
-        found = iter(torch.autograd.grad(y, wrt, grad_y, create_graph=True, allow_unused=True))
-    grad_x, grad_u, grad_w, *grad_params = [next(found) if t is not None and need else None
-                                            for t, need in zip(inputs, needs)]
-    if ctx.base == "same":
-        grad_x, grad_u = grad_u, None
-    return (None, None, grad_x, grad_u, None, grad_w, *grad_params)
-
-
-def expand_conv(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor,
-                mask: Optional[torch.Tensor]) -> torch.Tensor:
+def expand_conv(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor],
+                params: List[torch.Tensor], needs_grad: bool) -> torch.Tensor:
     """``layer.expand_conv`` through the Triton kernels (check :func:`triton_applies` first)."""
-    params = list(layer.basis.parameters())
-    needs_grad = torch.is_grad_enabled() and (
-        u.requires_grad or layer.weight.requires_grad or any(p.requires_grad for p in params)
-        or (x is not None and x.requires_grad)
-    )
     if not needs_grad:
-        dtype = _compute_dtype(u)
-        stacked = stacked_basis(layer, x, u, mask, params, dtype)
-        with torch.autocast(u.device.type, enabled=False):
-            return layer._conv(stacked, layer.weight.to(dtype), layer.groups)
+        return _expand_and_convolve(layer, x, u, mask, layer.weight, params)[0]
     return TritonExpandConvFunction.apply(layer, not layer.memory_efficient, x, u, mask, layer.weight, *params)
