@@ -159,12 +159,7 @@ class KANConvNd(nn.Module):
             y = self.expand_conv(x if self.base_folded else None, basis_input)
         else:
             t = self.dropout(self.basis.prepare(basis_input))
-            y = self._conv(self.basis.base(x), self.weight, self.groups)
-            if self.memory_efficient and torch.is_grad_enabled():
-                # Not separable: the wavelet tensor is C_out / G times the input; recompute it in backward.
-                y = y + checkpoint(self.basis.convolve, t, self._conv, use_reentrant=False)
-            else:
-                y = y + self.basis.convolve(t, self._conv)
+            y = self._conv(self.basis.base(x), self.weight, self.groups) + self._non_separable_branch(t)
         if not self.basis.normalizes_input:
             y = self.norm(y)
         return self.act(y)
@@ -221,14 +216,7 @@ class KANConvNd(nn.Module):
         )
         if triton_applies(self, x, u, mask):  # CUDA: one fused kernel each way (kan_zoo.layers.triton_basis)
             return triton_expand_conv(self, x, u, mask, params, needs_grad)
-        # The in-place fast path (and the fused node built on it) runs eagerly only: the compiler and
-        # exporters must see the plain ops, meta tensors have nothing to compute, and autocast picks
-        # dtypes per op, which the preallocated stacked tensor would not follow.
-        eager = (
-            not torch.compiler.is_compiling()
-            and u.device.type != "meta"
-            and not torch.is_autocast_enabled(u.device.type)
-        )
+        eager = _eager_fast_path(u)
         if not needs_grad:  # inference: same numbers, no per-function tensors and no concatenation pass
             stacked = self.stacked_basis_into(x, u, mask) if eager else self.stacked_basis(x, u, mask)
             return self._conv(stacked, self.weight, self.groups)
@@ -237,6 +225,14 @@ class KANConvNd(nn.Module):
         if self.memory_efficient:
             return checkpoint(self._expand_conv_plain, x, u, mask, use_reentrant=False)
         return self._expand_conv_plain(x, u, mask)
+
+    def _non_separable_branch(self, t: torch.Tensor) -> torch.Tensor:
+        """The basis branch of a non-separable basis (wavelet), whose tensor is C_out / G times t."""
+        if _eager_fast_path(t) and self.numeric_padding is not None:
+            return self.basis.convolve_chunked(t, self)  # chunked; keeps only t (kan_zoo.layers.fused_wavelet)
+        if self.memory_efficient and torch.is_grad_enabled():
+            return checkpoint(self.basis.convolve, t, self._conv, use_reentrant=False)
+        return self.basis.convolve(t, self._conv)
 
     def _expand_conv_plain(self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         return self._conv(self.stacked_basis(x, u, mask), self.weight, self.groups)
@@ -255,6 +251,17 @@ class KANConvNd(nn.Module):
         if self.groups != 1:
             s += f", groups={self.groups}"
         return s
+
+
+def _eager_fast_path(u: torch.Tensor) -> bool:
+    """Whether the hand-run nodes (fused, fused_wavelet) may run: eagerly only, because the compiler
+    and exporters must see the plain ops, meta tensors have nothing to compute, and autocast picks
+    dtypes per op, which the nodes' preallocated tensors would not follow."""
+    return (
+        not torch.compiler.is_compiling()
+        and u.device.type != "meta"
+        and not torch.is_autocast_enabled(u.device.type)
+    )
 
 
 def _uniform(tensor: torch.Tensor, fan_in: int) -> None:

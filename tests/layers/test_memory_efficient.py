@@ -103,9 +103,11 @@ def test_memory_efficient_keeps_at_most_1_5x_a_plain_conv(basis):
     plain = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.SiLU())
     layer = KANConv2d(16, 16, 3, padding=1, groups=2, basis=basis, memory_efficient=True)
     assert _saved_bytes(layer, x) <= 1.5 * _saved_bytes(plain, x)
-    # ... and the default mode keeps more: the (basis size + 1) x stacked basis.
     layer.memory_efficient = False
-    assert _saved_bytes(layer, x) > 1.5 * _saved_bytes(plain, x)
+    if BASES[basis].separable:  # the default mode keeps more: the (basis size + 1) x stacked basis
+        assert _saved_bytes(layer, x) > 1.5 * _saved_bytes(plain, x)
+    else:  # the chunked wavelet node keeps only its input in either mode (tests/layers/test_fused_wavelet.py)
+        assert _saved_bytes(layer, x) <= 1.5 * _saved_bytes(plain, x)
 
 
 def test_memory_efficient_bottleneck_bound_at_its_usual_reduction():

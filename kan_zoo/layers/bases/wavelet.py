@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from ..fused_wavelet import WaveletConvFunction, wavelet_conv
 from ..helpers import CONV_FNS
 from .base import Basis, register_basis
 
 
+_MEXICAN_HAT_SCALE = 2.0 / (math.sqrt(3.0) * math.pi**0.25)
+
+
 def _mexican_hat(z: torch.Tensor) -> torch.Tensor:
-    return (2.0 / (math.sqrt(3.0) * math.pi**0.25)) * (z * z - 1) * torch.exp(-0.5 * z * z)
+    return _MEXICAN_HAT_SCALE * (z * z - 1) * torch.exp(-0.5 * z * z)
 
 
 def _morlet(z: torch.Tensor) -> torch.Tensor:
@@ -46,14 +50,52 @@ WAVELETS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+# psi(z) and, when asked, psi'(z) for one chunk of the fused node (kan_zoo.layers.fused_wavelet):
+# closed forms sharing the Gaussian factor, temporaries reused in place (a chunk's passes then stay
+# in cache). Wavelets missing here go through WAVELETS and autograd per chunk.
+ChunkFunction = Callable[[torch.Tensor, bool], Tuple[torch.Tensor, Optional[torch.Tensor]]]
+
+
+def _mexican_hat_chunk(z: torch.Tensor, with_derivative: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    q = z * z
+    e = q.mul(-0.5).exp_()
+    if not with_derivative:
+        return q.sub_(1).mul_(e).mul_(_MEXICAN_HAT_SCALE), None
+    psi = (q - 1).mul_(e).mul_(_MEXICAN_HAT_SCALE)
+    return psi, q.neg_().add_(3).mul_(z).mul_(e).mul_(_MEXICAN_HAT_SCALE)  # A z (3 - z^2) e
+
+
+def _morlet_chunk(z: torch.Tensor, with_derivative: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    e = (z * z).mul_(-0.5).exp_()
+    cos = torch.cos(5.0 * z)
+    # -(5 sin 5z + z cos 5z) e
+    derivative = torch.sin(5.0 * z).mul_(-5.0).sub_(z * cos).mul_(e) if with_derivative else None
+    return cos.mul_(e), derivative
+
+
+def _dog_chunk(z: torch.Tensor, with_derivative: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    q = z * z
+    e = q.mul(-0.5).exp_()
+    return (z * e).neg_(), q.sub_(1).mul_(e) if with_derivative else None  # -z e, (z^2 - 1) e
+
+
+WAVELET_CHUNK_FUNCTIONS: Dict[str, ChunkFunction] = {
+    "mexican_hat": _mexican_hat_chunk,
+    "morlet": _morlet_chunk,
+    "dog": _dog_chunk,
+}
+
+
 @register_basis
 class WaveletBasis(Basis):
     """psi((x_j - tau_pj) / s_pj) for every (output p, input j) pair, then a depthwise conv per output
     and a grouped 1x1 conv mixing the outputs of a group.
 
-    Memory: the wavelet tensor has out_channels / groups times the elements of the input, so this
-    layer keeps (C_out / G) x the activations of the other bases for backward. Use groups or
-    ``memory_efficient=True`` on wide layers.
+    Cost: the wavelet tensor has out_channels / groups times the elements of the input. The layer's
+    chunked node (kan_zoo.layers.fused_wavelet) never holds it whole and keeps only its input for
+    backward, but the elementwise work still grows with C_out / groups x C_in: use groups on wide layers.
+    Under torch.compile, autocast or an asymmetric 'same' padding the plain ops run, which keep that
+    tensor for backward unless ``memory_efficient=True``.
     """
 
     name = "wavelet"
@@ -89,16 +131,28 @@ class WaveletBasis(Basis):
         return 1
 
     def convolve(self, t: torch.Tensor, conv: Callable[..., torch.Tensor]) -> torch.Tensor:
-        """The wavelet branch for input t (N, C_in, *spatial); ``conv(x, w, groups)`` is the layer's conv."""
-        n, spatial = t.shape[0], t.shape[2:]
-        out_channels, c = self.scale.shape
-        o = out_channels // self.groups
-        view = (1, self.groups, o, c) + (1,) * len(spatial)
-        x = t.reshape(n, self.groups, 1, c, *spatial)
-        z = (x - self.translation.view(view)) / self.scale.view(view)
-        psi = WAVELETS[self.wavelet_type](z).reshape(n, out_channels * c, *spatial)
-        y = conv(psi, self.wavelet_weight, out_channels)
-        return CONV_FNS[len(spatial)](y, self.mix_weight, groups=self.groups)
+        """The wavelet branch for input t (N, C_in, *spatial) in plain ops; ``conv(x, w, groups)`` is
+        the layer's conv. The layer prefers :meth:`convolve_chunked` where it applies."""
+        branch = wavelet_conv(t, self.scale, self.translation, self.wavelet_weight, self.groups, self.psi, conv)
+        return self.mix(branch)
+
+    def convolve_chunked(self, t: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+        """Same as :meth:`convolve` for a layer with numeric padding, in chunks that never build the
+        (C_out / groups) x input wavelet tensor, and keeping only t for backward."""
+        return self.mix(WaveletConvFunction.apply(layer, t, self.scale, self.translation, self.wavelet_weight))
+
+    @property
+    def psi(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return WAVELETS[self.wavelet_type]
+
+    @property
+    def chunk_function(self) -> Optional[ChunkFunction]:
+        """``(z, with_derivative) -> (psi(z), psi'(z) or None)`` in closed form, or None where the
+        fused node evaluates :attr:`psi` and lets autograd differentiate it."""
+        return WAVELET_CHUNK_FUNCTIONS.get(self.wavelet_type)
+
+    def mix(self, branch: torch.Tensor) -> torch.Tensor:
+        return CONV_FNS[branch.dim() - 2](branch, self.mix_weight, groups=self.groups)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, wavelet_type={self.wavelet_type!r}"

@@ -1,0 +1,148 @@
+"""The chunked wavelet node (kan_zoo.layers.fused_wavelet) against the plain wavelet ops."""
+import copy
+import itertools
+
+import pytest
+import torch
+
+from kan_zoo.layers import KANConv1d, KANConv2d, KANConv3d
+from kan_zoo.layers import fused_wavelet
+from kan_zoo.layers.bases.wavelet import WAVELETS
+
+CONVS = {1: KANConv1d, 2: KANConv2d, 3: KANConv3d}
+GEOMETRIES = [
+    dict(kernel_size=3, stride=1, padding=1, dilation=1, groups=2),
+    dict(kernel_size=3, stride=1, padding=0, dilation=1, groups=1),
+    dict(kernel_size=3, stride=2, padding=1, dilation=1, groups=2),
+    dict(kernel_size=3, stride=2, padding=0, dilation=1, groups=1),  # the last input row is never read
+    dict(kernel_size=3, stride=1, padding=2, dilation=2, groups=4),
+    dict(kernel_size=5, stride=3, padding=4, dilation=2, groups=1),  # taps whose window misses the input
+    dict(kernel_size=1, stride=3, padding=0, dilation=1, groups=1),
+    dict(kernel_size=5, stride=1, padding="same", dilation=1, groups=2),
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny_chunks(monkeypatch):
+    """Chunks of a few elements, so every layer here is cut along outputs AND positions."""
+    monkeypatch.setitem(fused_wavelet._CHUNK_ELEMENTS, "cpu", 37)
+
+
+def _plain(layer):
+    """A copy that takes the plain wavelet ops (the chunked node needs a numeric padding)."""
+    ref = copy.deepcopy(layer)
+    ref.numeric_padding = None
+    return ref
+
+
+def _run(layer, x, seed=0):
+    x = x.detach().requires_grad_(True)
+    torch.manual_seed(seed)  # same dropout mask in both paths
+    y = layer(x)
+    y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape))
+    grads = {name: p.grad for name, p in layer.named_parameters()}
+    return y.detach(), x.grad, grads
+
+
+def _assert_paths_agree(layer, x):
+    y, grad_x, grads = _run(layer, x)
+    y_ref, grad_x_ref, grads_ref = _run(_plain(layer), x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad_x, grad_x_ref, rtol=1e-10, atol=1e-12)
+    for name, grad in grads_ref.items():
+        assert grad is not None and grads[name] is not None, name
+        torch.testing.assert_close(grads[name], grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
+@pytest.mark.parametrize("chunks", ["default", "tiny"])
+def test_chunked_node_equals_the_plain_ops(ndim, geometry, chunks, request):
+    if chunks == "tiny":
+        request.getfixturevalue("tiny_chunks")
+    torch.manual_seed(0)
+    layer = CONVS[ndim](8, 12, basis="wavelet", norm_layer="batch", **geometry).double()
+    with torch.no_grad():  # scales and translations away from their initial 1 and 0
+        layer.basis.scale.uniform_(0.5, 2.0)
+        layer.basis.translation.normal_(0, 0.5)
+    _assert_paths_agree(layer, torch.randn(2, 8, *(9, 8, 7)[:ndim], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("wavelet_type", list(WAVELETS))
+def test_every_wavelet_with_dropout_and_chunks(wavelet_type, tiny_chunks):
+    """Closed-form derivatives (mexican_hat, morlet, dog) and autograd per chunk (meyer, shannon)."""
+    torch.manual_seed(0)
+    layer = KANConv2d(6, 4, 3, padding=1, groups=2, basis="wavelet", wavelet_type=wavelet_type, dropout=0.3)
+    layer = layer.double().train()
+    with torch.no_grad():
+        layer.basis.scale.uniform_(0.3, 1.5)
+        layer.basis.translation.normal_(0, 0.7)
+    _assert_paths_agree(layer, torch.randn(3, 6, 7, 6, dtype=torch.float64))
+
+
+def test_inference_equals_training_forward_and_the_plain_ops():
+    layer = KANConv2d(8, 8, 3, padding=1, basis="wavelet", norm_layer="none").eval()
+    x = torch.randn(2, 8, 10, 10)
+    with torch.no_grad():
+        inference = layer(x)
+    torch.testing.assert_close(inference, layer(x).detach())
+    torch.testing.assert_close(inference, _plain(layer)(x).detach(), rtol=1e-5, atol=1e-5)
+
+
+def _saved_bytes(module, x):
+    """Bytes of the unique non-parameter tensors autograd keeps for backward during one forward."""
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    sizes = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(sizes.values())
+
+
+def test_the_node_keeps_only_its_input():
+    """The plain ops keep the (C_out / groups) x input wavelet tensor; the node only its input, so
+    the layer keeps about what a plain conv + BatchNorm + SiLU does, in the default mode too."""
+    x = torch.randn(2, 16, 12, 12, requires_grad=True)
+    layer = KANConv2d(16, 16, 3, padding=1, basis="wavelet")
+    assert not layer.memory_efficient
+    plain_conv = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.SiLU())
+    assert _saved_bytes(_plain(layer), x) > 16 * x.numel() * x.element_size()
+    assert _saved_bytes(layer, x) <= 1.5 * _saved_bytes(plain_conv, x)
+
+
+def test_double_backward_replays_the_plain_ops():
+    layer = KANConv2d(4, 4, 3, padding=1, groups=2, basis="wavelet").double()
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    results = []
+    for model in (layer, _plain(layer)):
+        xi = x.clone().requires_grad_(True)
+        (grad_x,) = torch.autograd.grad(model(xi).square().sum(), xi, create_graph=True)
+        grad_x.square().sum().backward()
+        results.append({n: p.grad for n, p in model.named_parameters()})
+    for name, grad in results[0].items():
+        torch.testing.assert_close(grad, results[1][name], msg=name)
+
+
+@pytest.mark.parametrize("groups,outputs,inputs,positions,budget", [
+    (2, 3, 4, 10, 37), (1, 5, 2, 7, 1000), (3, 2, 8, 5, 3), (1, 4, 4, 6, 48),
+])
+def test_chunks_cover_every_output_and_position_once(groups, outputs, inputs, positions, budget):
+    seen = []
+    for g, o, p in fused_wavelet._chunks(groups, outputs, inputs, positions, budget):
+        assert g * outputs <= o.start < o.stop <= (g + 1) * outputs  # a chunk never crosses a group
+        assert (o.stop - o.start) * inputs * (p.stop - p.start) <= max(budget, inputs)
+        seen += itertools.product(range(o.start, o.stop), range(p.start, p.stop))
+    assert sorted(seen) == list(itertools.product(range(groups * outputs), range(positions)))
