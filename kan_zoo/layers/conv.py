@@ -228,8 +228,13 @@ class KANConvNd(nn.Module):
 
     def _non_separable_branch(self, t: torch.Tensor) -> torch.Tensor:
         """The basis branch of a non-separable basis (wavelet), whose tensor is C_out / G times t."""
-        if _eager_fast_path(t) and self.numeric_padding is not None:
-            return self.basis.convolve_chunked(t, self)  # chunked; keeps only t (kan_zoo.layers.fused_wavelet)
+        if self.numeric_padding is not None and t.device.type != "meta" and not torch.is_autocast_enabled(t.device.type):
+            # Chunked, keeps only t (kan_zoo.layers.fused_wavelet). Compiled models call it too, outside
+            # the graph: the compiled plain ops ran 3x slower than the eager node and kept the big tensor.
+            if not torch.compiler.is_compiling():
+                return self.basis.convolve_chunked(t, self)
+            if not torch.compiler.is_exporting():  # exporters must see the plain ops
+                return _convolve_chunked_outside_graph(self, t)
         if self.memory_efficient and torch.is_grad_enabled():
             return checkpoint(self.basis.convolve, t, self._conv, use_reentrant=False)
         return self.basis.convolve(t, self._conv)
@@ -262,6 +267,11 @@ def _eager_fast_path(u: torch.Tensor) -> bool:
         and u.device.type != "meta"
         and not torch.is_autocast_enabled(u.device.type)
     )
+
+
+@torch.compiler.disable
+def _convolve_chunked_outside_graph(layer: KANConvNd, t: torch.Tensor) -> torch.Tensor:
+    return layer.basis.convolve_chunked(t, layer)
 
 
 def _uniform(tensor: torch.Tensor, fan_in: int) -> None:
