@@ -46,6 +46,7 @@ step() {  # step NAME SECONDS COMMAND...: runs it with a limit, logs to $OUT/NAM
 if step triton_tests 150 python3 -m pytest -q -p no:cacheprovider -p no:xdist tests/layers/test_triton_basis.py; then
     export KAN_ZOO_TRITON=all
 fi
+step wavelet_tests 40 python3 -m pytest -q -p no:cacheprovider -p no:xdist tests/layers/test_fused_wavelet.py -k cuda
 # Most important first: the layer table, its model table, the kernels alone, then mixed precision.
 step bench_layers 150 python3 benchmarks/bench_layers.py --device cuda --repeats 3 --iters 10 --child-timeout 45
 step bench_models 160 python3 benchmarks/bench_models.py --device cuda --batch 64 --iters 5 --child-timeout 60

@@ -164,3 +164,13 @@ def test_compiled_models_call_the_node_outside_the_graph(monkeypatch):
     torch.testing.assert_close(compiled[1], eager[1])
     for name, grad in eager[2].items():
         torch.testing.assert_close(compiled[2]["_orig_mod." + name], grad, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (benchmarks/gpu_session.sh runs this file)")
+@pytest.mark.parametrize("chunks", ["default", "tiny"])
+def test_chunked_node_on_cuda(chunks, monkeypatch):
+    if chunks == "tiny":
+        monkeypatch.setitem(fused_wavelet._CHUNK_ELEMENTS, "cuda", 4096)
+    torch.manual_seed(0)
+    layer = KANConv2d(8, 12, 3, stride=2, padding=1, groups=2, basis="wavelet", dropout=0.1).double().cuda()
+    _assert_paths_agree(layer, torch.randn(2, 8, 17, 15, dtype=torch.float64, device="cuda"))
