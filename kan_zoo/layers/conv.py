@@ -228,7 +228,7 @@ class KANConvNd(nn.Module):
 
     def _non_separable_branch(self, t: torch.Tensor) -> torch.Tensor:
         """The basis branch of a non-separable basis (wavelet), whose tensor is C_out / G times t."""
-        if self.numeric_padding is not None and t.device.type != "meta" and not torch.is_autocast_enabled(t.device.type):
+        if self.numeric_padding is not None and t.device.type != "meta":
             # Chunked, keeps only t (kan_zoo.layers.fused_wavelet). Compiled models call it too, outside
             # the graph: the compiled plain ops ran 3x slower than the eager node and kept the big tensor.
             if not torch.compiler.is_compiling():

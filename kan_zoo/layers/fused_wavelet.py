@@ -14,7 +14,9 @@ This node works in chunks of (outputs of a group) x (positions) sized to stay in
   * backward: the same chunks recomputed, psi'(z) in closed form where the wavelet has one
     (autograd on the chunk otherwise); weight, scale, translation and input gradients are reduced
     per chunk. The node keeps only its input.
-Double backward replays the plain ops (``wavelet_conv``).
+Under autocast psi stays in full precision and the matmuls run in the autocast dtype, as the plain
+ops' convolution would. torch.compile calls the node outside the graph (kan_zoo.layers.conv); double
+backward replays the plain ops (``wavelet_conv``).
 """
 from __future__ import annotations
 
@@ -117,58 +119,76 @@ class WaveletConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, layer, t, scale, translation, weight):  # type: ignore[override]
-        basis = layer.basis
-        out_channels, c = scale.shape
-        taps = weight[0, 0].numel()
-        positions = t.numel() // t.shape[1]
-        inv_scale, shift = _affine(scale, translation)
-        tap_weight = weight.flatten(2).transpose(1, 2).contiguous()  # (C_out, K, c)
-        columns = _columns(t)
-        tap_maps = t.new_empty(out_channels, taps, positions)
-        for g, o, p in _chunks(basis.groups, out_channels // basis.groups, c, positions, _budget(t)):
-            z = torch.mul(columns[None, g * c:(g + 1) * c, p], inv_scale[o, :, None]).add_(shift[o, :, None])
-            tap_maps[o, :, p] = torch.bmm(tap_weight[o], _psi(basis, z))
-        ctx.layer = layer
+        # Under autocast the plain ops compute psi in full precision and convolve it in the autocast
+        # dtype; the node does the same: elementwise work in ``compute``, matmuls in ``matmul``.
+        device = t.device.type
+        compute = torch.promote_types(t.dtype, scale.dtype)
+        matmul = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else compute
+        with torch.autocast(device, enabled=False):
+            y = _forward(layer, t, scale, translation, weight, compute, matmul)
+        ctx.layer, ctx.dtypes = layer, (compute, matmul)
         ctx.save_for_backward(t, scale, translation, weight)
-        return _place_taps(layer, tap_maps.view(out_channels, taps, *t.shape[:1], *t.shape[2:]))
+        return y
 
     @staticmethod
     def backward(ctx, grad_y):  # type: ignore[override]
         t, scale, translation, weight = ctx.saved_tensors
-        layer = ctx.layer
-        basis = layer.basis
         if torch.is_grad_enabled():  # create_graph=True: differentiable replay through the plain ops
             return _differentiable_backward(ctx, t, scale, translation, weight, grad_y)
-        n, spatial = t.shape[0], t.shape[2:]
-        out_channels, c = scale.shape
-        positions = t.numel() // t.shape[1]
-        grad_taps = _gather_taps(layer, grad_y, weight[0, 0].numel(), spatial).view(out_channels, -1, positions)
+        with torch.autocast(t.device.type, enabled=False):
+            grads = _backward(ctx.layer, t, scale, translation, weight, grad_y, *ctx.dtypes, ctx.needs_input_grad[1])
+        return (None, *grads)
 
-        inv_scale, shift = _affine(scale, translation)
-        tap_weight = weight.flatten(2)  # (C_out, c, K)
-        columns = _columns(t)
-        grad_columns = torch.zeros_like(columns) if ctx.needs_input_grad[1] else None
-        grad_weight = torch.zeros_like(tap_weight)
-        grad_shift_sum = torch.zeros_like(scale)  # sum over positions of dL/dz
-        grad_z_times_z = torch.zeros_like(scale)  # sum over positions of dL/dz * z
-        for g, o, p in _chunks(basis.groups, out_channels // basis.groups, c, positions, _budget(t)):
-            z = torch.mul(columns[None, g * c:(g + 1) * c, p], inv_scale[o, :, None]).add_(shift[o, :, None])
-            grad_psi = torch.bmm(tap_weight[o], grad_taps[o, :, p])
-            psi, grad_z = _psi_and_grad_z(basis, z, grad_psi)
-            grad_weight[o] += torch.bmm(psi, grad_taps[o, :, p].transpose(1, 2))
-            del psi, grad_psi
-            grad_shift_sum[o] += grad_z.sum(-1)
-            grad_z_times_z[o] += z.mul_(grad_z).sum(-1)
-            # z = x / s - tau / s: the input gradient sums dL/dz / s over the group's outputs.
-            if grad_columns is not None:
-                grad_columns[g * c:(g + 1) * c, p] += grad_z.mul_(inv_scale[o, :, None]).sum(0)
-        grad_t = None
+
+def _forward(layer, t, scale, translation, weight, compute: torch.dtype, matmul: torch.dtype) -> torch.Tensor:
+    basis = layer.basis
+    out_channels, c = scale.shape
+    taps = weight[0, 0].numel()
+    positions = t.numel() // t.shape[1]
+    inv_scale, shift = _affine(scale, translation)
+    tap_weight = weight.flatten(2).transpose(1, 2).to(matmul).contiguous()  # (C_out, K, c)
+    columns = _columns(t)
+    tap_maps = t.new_empty(out_channels, taps, positions, dtype=matmul)
+    for g, o, p in _chunks(basis.groups, out_channels // basis.groups, c, positions, _budget(t)):
+        z = torch.mul(columns[None, g * c:(g + 1) * c, p], inv_scale[o, :, None]).add_(shift[o, :, None])
+        tap_maps[o, :, p] = torch.bmm(tap_weight[o], _psi(basis, z.to(compute)).to(matmul))
+    return _place_taps(layer, tap_maps.view(out_channels, taps, *t.shape[:1], *t.shape[2:]))
+
+
+def _backward(layer, t, scale, translation, weight, grad_y, compute: torch.dtype, matmul: torch.dtype,
+              need_t: bool) -> Tuple[Optional[torch.Tensor], ...]:
+    """Gradients of (t, scale, translation, weight), chunk by chunk."""
+    basis = layer.basis
+    n, spatial = t.shape[0], t.shape[2:]
+    out_channels, c = scale.shape
+    positions = t.numel() // t.shape[1]
+    grad_taps = _gather_taps(layer, grad_y.to(matmul), weight[0, 0].numel(), spatial).view(out_channels, -1, positions)
+    inv_scale, shift = _affine(scale, translation)
+    tap_weight = weight.flatten(2).to(matmul)  # (C_out, c, K)
+    columns = _columns(t)
+    # Sums run in the compute dtype and are cast to each input's dtype at the end.
+    grad_columns = torch.zeros(columns.shape, dtype=compute, device=t.device) if need_t else None
+    grad_weight = torch.zeros(tap_weight.shape, dtype=compute, device=t.device)
+    grad_shift_sum = torch.zeros(scale.shape, dtype=compute, device=t.device)  # sum over positions of dL/dz
+    grad_z_times_z = torch.zeros_like(grad_shift_sum)  # sum over positions of dL/dz * z
+    for g, o, p in _chunks(basis.groups, out_channels // basis.groups, c, positions, _budget(t)):
+        z = torch.mul(columns[None, g * c:(g + 1) * c, p], inv_scale[o, :, None]).add_(shift[o, :, None]).to(compute)
+        grad_psi = torch.bmm(tap_weight[o], grad_taps[o, :, p]).to(compute)
+        psi, grad_z = _psi_and_grad_z(basis, z, grad_psi)
+        grad_weight[o] += torch.bmm(psi.to(matmul), grad_taps[o, :, p].transpose(1, 2))
+        del psi, grad_psi
+        grad_shift_sum[o] += grad_z.sum(-1)
+        grad_z_times_z[o] += z.mul_(grad_z).sum(-1)
+        # z = x / s - tau / s: the input gradient sums dL/dz / s over the group's outputs.
         if grad_columns is not None:
-            grad_t = grad_columns.view(t.shape[1], n, *spatial).transpose(0, 1).contiguous()
-        # dz/dtau = -1/s; dz/ds = -z/s.
-        grad_translation = -grad_shift_sum * inv_scale
-        grad_scale = -grad_z_times_z * inv_scale
-        return None, grad_t, grad_scale, grad_translation, grad_weight.view_as(weight)
+            grad_columns[g * c:(g + 1) * c, p] += grad_z.mul_(inv_scale[o, :, None]).sum(0)
+    grad_t = None
+    if grad_columns is not None:
+        grad_t = grad_columns.view(t.shape[1], n, *spatial).transpose(0, 1).to(t.dtype).contiguous()
+    # dz/dtau = -1/s; dz/ds = -z/s.
+    grad_translation = (-grad_shift_sum * inv_scale).to(translation.dtype)
+    grad_scale = (-grad_z_times_z * inv_scale).to(scale.dtype)
+    return grad_t, grad_scale, grad_translation, grad_weight.view_as(weight).to(weight.dtype)
 
 
 def _affine(scale: torch.Tensor, translation: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -174,3 +174,29 @@ def test_chunked_node_on_cuda(chunks, monkeypatch):
     torch.manual_seed(0)
     layer = KANConv2d(8, 12, 3, stride=2, padding=1, groups=2, basis="wavelet", dropout=0.1).double().cuda()
     _assert_paths_agree(layer, torch.randn(2, 8, 17, 15, dtype=torch.float64, device="cuda"))
+
+
+def test_bf16_autocast_takes_the_node_and_is_as_accurate_as_the_plain_ops(monkeypatch):
+    """Under autocast the node computes psi in float32 and its matmuls in bfloat16, as the plain ops
+    do with their convolution: same output dtype, errors against float64 of the same size."""
+    calls = []
+    apply = fused_wavelet.WaveletConvFunction.apply
+    monkeypatch.setattr(fused_wavelet.WaveletConvFunction, "apply", lambda *a: calls.append(1) or apply(*a))
+    torch.manual_seed(0)
+    layer = KANConv2d(8, 12, 3, padding=1, groups=2, basis="wavelet")
+    with torch.no_grad():
+        layer.basis.scale.uniform_(0.5, 2.0)
+        layer.basis.translation.normal_(0, 0.5)
+    x = torch.randn(2, 8, 9, 9)
+    exact = _run(_plain(layer).double(), x.double())
+    errors = {}
+    for name, module in (("node", layer), ("plain", _plain(layer))):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, grad_x, grads = _run(module, x)
+        assert y.dtype == torch.bfloat16 and grad_x.dtype == torch.float32
+        assert all(g.dtype == torch.float32 for g in grads.values())
+        pairs = [(y, exact[0]), (grad_x, exact[1])] + [(grads[k], exact[2][k]) for k in grads]
+        errors[name] = [((a.double() - b).abs().max() / b.abs().max()).item() for a, b in pairs]
+    assert len(calls) == 1
+    for node_error, plain_error in zip(errors["node"], errors["plain"]):
+        assert node_error < max(2 * plain_error, 4e-3)

@@ -94,8 +94,8 @@ class WaveletBasis(Basis):
     Cost: the wavelet tensor has out_channels / groups times the elements of the input. The layer's
     chunked node (kan_zoo.layers.fused_wavelet) never holds it whole and keeps only its input for
     backward, but the elementwise work still grows with C_out / groups x C_in: use groups on wide layers.
-    Under torch.compile, autocast or an asymmetric 'same' padding the plain ops run, which keep that
-    tensor for backward unless ``memory_efficient=True``.
+    Where the node does not apply (an asymmetric 'same' padding, export tracing) the plain ops run,
+    which keep that tensor for backward unless ``memory_efficient=True``.
     """
 
     name = "wavelet"
