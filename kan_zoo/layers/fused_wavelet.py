@@ -59,6 +59,8 @@ def _chunks(groups: int, outputs: int, inputs: int, positions: int, budget: int)
     """(group, output slice, position slice) covering every output of every group; a chunk of z has
     at most ``budget`` elements unless one output at one position is already more."""
     per_output = inputs * positions
+    if per_output == 0:  # an empty batch: nothing to compute
+        return
     if per_output <= budget:
         out_step, pos_step = max(1, min(outputs, budget // per_output)), positions
     else:
@@ -162,7 +164,8 @@ def _backward(layer, t, scale, translation, weight, grad_y, compute: torch.dtype
     n, spatial = t.shape[0], t.shape[2:]
     out_channels, c = scale.shape
     positions = t.numel() // t.shape[1]
-    grad_taps = _gather_taps(layer, grad_y.to(matmul), weight[0, 0].numel(), spatial).view(out_channels, -1, positions)
+    taps = weight[0, 0].numel()
+    grad_taps = _gather_taps(layer, grad_y.to(matmul), taps, spatial).view(out_channels, taps, positions)
     inv_scale, shift = _affine(scale, translation)
     tap_weight = weight.flatten(2).to(matmul)  # (C_out, c, K)
     columns = _columns(t)

@@ -200,3 +200,15 @@ def test_bf16_autocast_takes_the_node_and_is_as_accurate_as_the_plain_ops(monkey
     assert len(calls) == 1
     for node_error, plain_error in zip(errors["node"], errors["plain"]):
         assert node_error < max(2 * plain_error, 4e-3)
+
+
+def test_empty_batch_and_channels_last_input():
+    torch.manual_seed(0)
+    layer = KANConv2d(4, 6, 3, padding=1, basis="wavelet", norm_layer="none").double()
+    empty = torch.randn(0, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    y = layer(empty)
+    assert y.shape == (0, 6, 5, 5)
+    y.sum().backward()
+    assert empty.grad.shape == empty.shape and layer.basis.scale.grad.abs().sum() == 0
+    layer.zero_grad()
+    _assert_paths_agree(layer, torch.randn(2, 4, 5, 7, dtype=torch.float64).to(memory_format=torch.channels_last))
