@@ -184,7 +184,9 @@ def _backward(layer, t, scale, translation, weight, grad_y, compute: torch.dtype
         grad_z_times_z[o] += z.mul_(grad_z).sum(-1)
         # z = x / s - tau / s: the input gradient sums dL/dz / s over the group's outputs.
         if grad_columns is not None:
-            grad_columns[g * c:(g + 1) * c, p] += grad_z.mul_(inv_scale[o, :, None]).sum(0)
+            rows = grad_columns[g * c:(g + 1) * c, p]
+            for grad_z_o, inv_scale_o in zip(grad_z, inv_scale[o, :, None]):  # one pass per output, no sum(0)
+                rows.addcmul_(grad_z_o, inv_scale_o)
     grad_t = None
     if grad_columns is not None:
         grad_t = grad_columns.view(t.shape[1], n, *spatial).transpose(0, 1).to(t.dtype).contiguous()
