@@ -27,6 +27,7 @@ from .helpers import (
     create_activation,
     create_norm,
     match_checkpoint_grid,
+    sample_chunks,
     stack_functions,
     to_tuple,
 )
@@ -192,18 +193,20 @@ class KANConvNd(nn.Module):
         self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]
     ) -> torch.Tensor:
         """:meth:`stacked_basis` without autograd, each function written straight into the stacked
-        tensor (no per-function tensors and no concatenation pass)."""
-        t = self.basis.prepare(u)
-        if mask is not None:
-            t = t * mask
+        tensor (no per-function tensors and no concatenation pass), a few samples at a time so that
+        the basis's temporaries stay in cache (helpers.SAMPLE_CHUNK_ELEMENTS)."""
         g, first = self.groups, int(x is not None)
         out = u.new_empty((u.shape[0], g, first + self.basis.num_functions, u.shape[1] // g) + u.shape[2:])
-        if x is not None:
-            if self.basis.base_activation == "silu":
-                torch.ops.aten.silu.out(x.unflatten(1, (g, -1)), out=out[:, :, 0])
-            else:
-                out[:, :, 0].copy_(self.basis.base(x).unflatten(1, (g, -1)))
-        self.basis.expand_into(t, out[:, :, first:])
+        for rows in sample_chunks(u):
+            t = self.basis.prepare(u[rows])
+            if mask is not None:
+                t = t * mask[rows]
+            if x is not None:
+                if self.basis.base_activation == "silu":
+                    torch.ops.aten.silu.out(x[rows].unflatten(1, (g, -1)), out=out[rows, :, 0])
+                else:
+                    out[rows, :, 0].copy_(self.basis.base(x[rows]).unflatten(1, (g, -1)))
+            self.basis.expand_into(t, out[rows, :, first:])
         return out.flatten(1, 3)
 
     def expand_conv(self, x: Optional[torch.Tensor], u: torch.Tensor) -> torch.Tensor:

@@ -85,6 +85,24 @@ def test_memory_efficient_and_fused_match_plain_autograd(name, layer):
     _assert_same(_run(_autograd_reference(layer), x), default)
 
 
+@pytest.mark.parametrize("name,layer", list(_layers()), ids=[n for n, _ in _layers()])
+def test_one_sample_chunks_match_plain_autograd(name, layer, monkeypatch):
+    """The CPU fast path expands (and back-propagates through) the basis a few samples at a time;
+    forced down to one sample per chunk it still equals plain autograd, in both modes."""
+    from kan_zoo.layers import helpers
+
+    monkeypatch.setattr(helpers, "SAMPLE_CHUNK_ELEMENTS", 1)
+    assert len(helpers.sample_chunks(torch.empty(3, 8, 7, 7))) == 3
+    x = torch.randn(3, 8, 7, 7)
+    reference = _run(_autograd_reference(layer).train(), x)
+    _assert_same(_run(layer.train(), x), reference)
+    efficient = copy.deepcopy(layer)
+    set_memory_efficient(efficient)
+    _assert_same(_run(efficient, x), reference)
+    with torch.no_grad():
+        torch.testing.assert_close(layer.eval()(x), _autograd_reference(layer).eval()(x), rtol=1e-5, atol=1e-6)
+
+
 def test_kan_linear_and_strided_memory_efficient():
     assert KANLinear(6, 3, memory_efficient=True).memory_efficient
     head = KANLinear(6, 3, basis="chebyshev", norm_layer="batch")
