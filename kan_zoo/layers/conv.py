@@ -27,8 +27,9 @@ from .helpers import (
     create_activation,
     create_norm,
     match_checkpoint_grid,
-    sample_chunks,
+    batch_chunks,
     stack_functions,
+    take,
     to_tuple,
 )
 
@@ -193,20 +194,21 @@ class KANConvNd(nn.Module):
         self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]
     ) -> torch.Tensor:
         """:meth:`stacked_basis` without autograd, each function written straight into the stacked
-        tensor (no per-function tensors and no concatenation pass), a few samples at a time so that
-        the basis's temporaries stay in cache (helpers.SAMPLE_CHUNK_ELEMENTS)."""
+        tensor (no per-function tensors and no concatenation pass), a piece of the batch at a time so
+        that the basis's temporaries stay in cache (helpers.batch_chunks)."""
         g, first = self.groups, int(x is not None)
         out = u.new_empty((u.shape[0], g, first + self.basis.num_functions, u.shape[1] // g) + u.shape[2:])
-        for rows in sample_chunks(u):
-            t = self.basis.prepare(u[rows])
+        for chunk in batch_chunks(u):
+            stack = take(out, chunk, channel_dims=3)  # (n, G, F, C / G, *spatial)
+            t = self.basis.prepare(take(u, chunk))
             if mask is not None:
-                t = t * mask[rows]
+                t = t * mask[chunk[0]]
             if x is not None:
                 if self.basis.base_activation == "silu":
-                    torch.ops.aten.silu.out(x[rows].unflatten(1, (g, -1)), out=out[rows, :, 0])
+                    torch.ops.aten.silu.out(take(x, chunk).unflatten(1, (g, -1)), out=stack[:, :, 0])
                 else:
-                    out[rows, :, 0].copy_(self.basis.base(x[rows]).unflatten(1, (g, -1)))
-            self.basis.expand_into(t, out[rows, :, first:])
+                    stack[:, :, 0].copy_(self.basis.base(take(x, chunk)).unflatten(1, (g, -1)))
+            self.basis.expand_into(t, stack[:, :, first:])
         return out.flatten(1, 3)
 
     def expand_conv(self, x: Optional[torch.Tensor], u: torch.Tensor) -> torch.Tensor:

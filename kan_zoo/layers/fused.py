@@ -22,7 +22,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .helpers import sample_chunks
+from .helpers import batch_chunks, take
 
 __all__ = ["ExpandConvFunction", "numeric_padding", "swap_parameters", "set_memory_efficient"]
 
@@ -152,7 +152,7 @@ def _basis_backward_by_hand(layer, xd, ud, mask, params: Dict[str, torch.Tensor]
         t = t * mask
     g = grad_stacked.unflatten(1, (layer.groups, first + layer.basis.num_functions, -1))
     with torch.no_grad(), swap_parameters(layer.basis, params):
-        result = _expand_backward_by_samples(layer.basis, t.detach(), g[:, :, first:])
+        result = _expand_backward_by_chunks(layer.basis, t.detach(), g[:, :, first:])
     if result is None:
         return None
     grad_t, param_grads = result
@@ -172,19 +172,19 @@ def _basis_backward_by_hand(layer, xd, ud, mask, params: Dict[str, torch.Tensor]
     return result_grads
 
 
-def _expand_backward_by_samples(basis, t: torch.Tensor, grad_out: torch.Tensor) -> Optional[tuple]:
-    """``basis.expand_backward`` a few samples at a time (helpers.sample_chunks: the temporaries stay
-    in cache); parameter gradients are summed over the chunks."""
-    chunks = sample_chunks(t)
+def _expand_backward_by_chunks(basis, t: torch.Tensor, grad_out: torch.Tensor) -> Optional[tuple]:
+    """``basis.expand_backward`` a piece of the batch at a time (helpers.batch_chunks: the temporaries
+    stay in cache); parameter gradients are summed over the pieces."""
+    chunks = batch_chunks(t)
     if len(chunks) == 1:
         return basis.expand_backward(t, grad_out)
     grad_t = torch.empty_like(t)
     param_grads: Dict[str, torch.Tensor] = {}
-    for rows in chunks:
-        result = basis.expand_backward(t[rows], grad_out[rows])
+    for chunk in chunks:
+        result = basis.expand_backward(take(t, chunk), take(grad_out, chunk, channel_dims=3))
         if result is None:
             return None
-        grad_t[rows] = result[0]
+        take(grad_t, chunk).copy_(result[0])
         for name, grad in result[1].items():
             param_grads[name] = param_grads[name] + grad if name in param_grads else grad
     return grad_t, param_grads

@@ -76,20 +76,35 @@ def stack_functions(functions: List[torch.Tensor], groups: int) -> torch.Tensor:
     return torch.stack(parts, dim=2).flatten(1, 3)
 
 
-# Elements of one sample-chunk of the CPU fast path's elementwise work (kan_zoo.layers.conv/fused):
-# a basis keeps several input-sized temporaries alive (bspline: its knot differences and a level of
-# the Cox-de Boor triangle), which outgrow the cache on a whole batch. One 64-channel 56x56 sample
-# per chunk: bspline's expansion 77 -> 27 ms and its backward 52 -> 19 ms at batch 8 on 2 cores.
-SAMPLE_CHUNK_ELEMENTS = 1 << 18
+# Elements of one chunk of the CPU fast path's elementwise work (kan_zoo.layers.conv/fused): a basis
+# keeps several input-sized temporaries alive (bspline: its knot differences and a level of the
+# Cox-de Boor triangle), which outgrow the cache on a whole batch. One 64-channel 56x56 sample per
+# chunk: bspline's expansion 77 -> 27 ms and its backward 52 -> 19 ms at batch 8 on 2 cores.
+CHUNK_ELEMENTS = 1 << 18
+
+# A chunk: (batch slice, slice of the first spatial dimension).
+Chunk = Tuple[slice, slice]
 
 
-def sample_chunks(x: torch.Tensor, budget: Optional[int] = None) -> List[slice]:
-    """Slices of the batch (dim 0) with about ``budget`` (default SAMPLE_CHUNK_ELEMENTS) elements
-    each, at least one sample."""
-    budget = SAMPLE_CHUNK_ELEMENTS if budget is None else budget
-    per_sample = max(1, x[0].numel()) if x.shape[0] else 1
-    rows = max(1, budget // per_sample)
-    return [slice(n, min(n + rows, x.shape[0])) for n in range(0, x.shape[0], rows)] or [slice(0, 0)]
+def batch_chunks(x: torch.Tensor, budget: Optional[int] = None) -> List[Chunk]:
+    """Pieces of x (N, C, *spatial) with about ``budget`` (default CHUNK_ELEMENTS) elements each:
+    whole samples while they fit, else rows of the first spatial dimension of one sample."""
+    budget = CHUNK_ELEMENTS if budget is None else budget
+    everything = slice(None)
+    if x.shape[0] == 0 or x.numel() <= budget:
+        return [(everything, everything)]
+    per_sample = x[0].numel()
+    if per_sample <= budget or x.dim() < 3:
+        rows = max(1, budget // max(1, per_sample))
+        return [(slice(n, n + rows), everything) for n in range(0, x.shape[0], rows)]
+    size = x.shape[2]
+    step = max(1, budget // max(1, per_sample // size))
+    return [(slice(n, n + 1), slice(h, h + step)) for n in range(x.shape[0]) for h in range(0, size, step)]
+
+
+def take(x: torch.Tensor, chunk: Chunk, channel_dims: int = 1) -> torch.Tensor:
+    """The view of x (N, <channel_dims dims>, *spatial) that ``chunk`` covers."""
+    return x[(chunk[0],) + (slice(None),) * channel_dims + (chunk[1],)]
 
 
 def check_input(layer: nn.Module, x: torch.Tensor, ndim: int, in_channels: int) -> None:

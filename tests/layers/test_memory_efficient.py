@@ -85,14 +85,26 @@ def test_memory_efficient_and_fused_match_plain_autograd(name, layer):
     _assert_same(_run(_autograd_reference(layer), x), default)
 
 
+@pytest.mark.parametrize("budget", [49, 20], ids=["one-sample", "rows"])
 @pytest.mark.parametrize("name,layer", list(_layers()), ids=[n for n, _ in _layers()])
-def test_one_sample_chunks_match_plain_autograd(name, layer, monkeypatch):
-    """The CPU fast path expands (and back-propagates through) the basis a few samples at a time;
-    forced down to one sample per chunk it still equals plain autograd, in both modes."""
-    from kan_zoo.layers import helpers
+def test_chunked_fast_path_matches_plain_autograd(name, layer, budget, monkeypatch):
+    """The CPU fast path expands (and back-propagates through) the basis a piece of the batch at a
+    time; forced down to one sample, or a few rows of one, per piece it still equals plain autograd,
+    in both modes and in inference."""
+    from kan_zoo.layers import conv, fused, helpers
 
-    monkeypatch.setattr(helpers, "SAMPLE_CHUNK_ELEMENTS", 1)
-    assert len(helpers.sample_chunks(torch.empty(3, 8, 7, 7))) == 3
+    if not layer.basis.separable:
+        pytest.skip("the wavelet basis has its own chunking (tests/layers/test_fused_wavelet.py)")
+    layer = copy.deepcopy(layer)  # the shared instance may hold gradients of another test
+    monkeypatch.setattr(helpers, "CHUNK_ELEMENTS", budget)
+    pieces = []
+    for module in (conv, fused):
+        def spy(t, *args, _chunks=module.batch_chunks):
+            found = _chunks(t, *args)
+            pieces.append(found)
+            return found
+
+        monkeypatch.setattr(module, "batch_chunks", spy)
     x = torch.randn(3, 8, 7, 7)
     reference = _run(_autograd_reference(layer).train(), x)
     _assert_same(_run(layer.train(), x), reference)
@@ -101,6 +113,22 @@ def test_one_sample_chunks_match_plain_autograd(name, layer, monkeypatch):
     _assert_same(_run(efficient, x), reference)
     with torch.no_grad():
         torch.testing.assert_close(layer.eval()(x), _autograd_reference(layer).eval()(x), rtol=1e-5, atol=1e-6)
+    assert pieces and all(len(found) >= 3 for found in pieces)
+    if budget == 20:  # less than one sample: rows of the first spatial dimension
+        assert all(chunk[1] != slice(None) for found in pieces for chunk in found)
+
+
+@pytest.mark.parametrize("shape,budget", [((3, 8, 7, 7), 1000), ((3, 8, 7, 7), 49), ((3, 8, 7, 7), 20),
+                                          ((2, 4, 5), 3), ((4, 2, 3, 3, 3), 10), ((0, 4, 5), 1)])
+def test_batch_chunks_cover_the_tensor_once(shape, budget):
+    from kan_zoo.layers.helpers import batch_chunks, take
+
+    x = torch.zeros(shape)
+    for chunk in batch_chunks(x, budget):
+        piece = take(x, chunk)
+        assert piece.numel() <= max(budget, x[0, :, 0].numel() if x.dim() > 2 and x.shape[0] else budget)
+        piece += 1
+    assert torch.equal(x, torch.ones(shape))
 
 
 def test_kan_linear_and_strided_memory_efficient():
