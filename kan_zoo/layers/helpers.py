@@ -88,10 +88,11 @@ Chunk = Tuple[slice, slice]
 
 def batch_chunks(x: torch.Tensor, budget: Optional[int] = None) -> List[Chunk]:
     """Pieces of x (N, C, *spatial) with about ``budget`` (default CHUNK_ELEMENTS) elements each:
-    whole samples while they fit, else rows of the first spatial dimension of one sample."""
+    whole samples while they fit, else rows of the first spatial dimension of one sample. CPU only:
+    on a GPU pieces would only multiply kernel launches."""
     budget = CHUNK_ELEMENTS if budget is None else budget
     everything = slice(None)
-    if x.shape[0] == 0 or x.numel() <= budget:
+    if x.device.type != "cpu" or x.shape[0] == 0 or x.numel() <= budget:
         return [(everything, everything)]
     per_sample = x[0].numel()
     if per_sample <= budget or x.dim() < 3:
