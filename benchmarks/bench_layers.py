@@ -9,7 +9,9 @@ Method (issue 7's rules): each case (basis) runs in a fresh process; inside it t
 timed in interleaved rounds (plain, floor, kan, kan memory-efficient, kan compiled, plain, ...), each
 round's figure is the median of --iters steps, and the table quotes the median over rounds. The
 "noise" column is the largest max/min ratio of one variant's round figures: the same case measured
-several times in one process; above ~1.15 the machine was busy and the row should be re-run.
+several times in one process; above ~1.15 the machine was busy and the row should be re-run. Each
+case's comment line also gives kan/floor round by round (kan and floor run back to back in a round,
+so a drift of the machine's speed between rounds cancels there).
 
 Memory: "saved" is the bytes of the unique tensors autograd keeps for backward (saved_tensors_hooks,
 parameters excluded) -- exactly what memory-efficient mode reduces; deterministic. "RSS" is the
@@ -357,12 +359,22 @@ def table_row(case: str, r: dict, rss: Dict[str, int], cuda: bool) -> List[str]:
             + memory + [fmt(noise)])
 
 
+def paired_ratios(r: dict, a: str, b: str) -> List[float]:
+    """Variant a's round figure over variant b's, round by round (both timed in the same round)."""
+    rounds = r["rounds"]
+    return [x / y for x, y in zip(rounds.get(a, []), rounds.get(b, [])) if y]
+
+
 def case_note(case: str, r: dict, cuda: bool) -> str:
     med = {v: statistics.median(ts) for v, ts in r["rounds"].items() if ts}
     ms = ".3f" if cuda else ".0f"
     note = (f"#   {case}: plain {fmt(med['plain'] * 1e3 if 'plain' in med else None, ms)} ms, "
             f"floor {fmt(med['floor'] * 1e3 if 'floor' in med else None, ms)} ms, "
             f"saved plain {fmt(mib(r['saved'].get('plain')), '.1f')} MiB")
+    per_round = paired_ratios(r, "kan", "floor")
+    if per_round:  # back-to-back in each round, so drift between rounds cancels
+        note += (f", kan/floor per round {min(per_round):.2f}-{max(per_round):.2f} "
+                 f"(median {statistics.median(per_round):.2f})")
     if "kan_compiled" in med:
         note += f", compile {r['compile_s']:.0f}s, max|compiled-eager| {r['compiled_max_abs_diff']:.1e}"
     if "kan_torch" in med:
