@@ -22,12 +22,12 @@ from .triton_basis import triton_applies
 from .helpers import (
     CONV_FNS,
     NormSpec,
+    batch_chunks,
     check_channels,
     check_input,
     create_activation,
     create_norm,
     match_checkpoint_grid,
-    batch_chunks,
     stack_functions,
     take,
     to_tuple,

@@ -105,7 +105,8 @@ def batch_chunks(x: torch.Tensor, budget: Optional[int] = None) -> List[Chunk]:
 
 def take(x: torch.Tensor, chunk: Chunk, channel_dims: int = 1) -> torch.Tensor:
     """The view of x (N, <channel_dims dims>, *spatial) that ``chunk`` covers."""
-    return x[(chunk[0],) + (slice(None),) * channel_dims + (chunk[1],)]
+    rows = () if chunk[1] == slice(None) else (chunk[1],)
+    return x[(chunk[0],) + (slice(None),) * channel_dims + rows]
 
 
 def check_input(layer: nn.Module, x: torch.Tensor, ndim: int, in_channels: int) -> None:

@@ -119,7 +119,7 @@ def test_chunked_fast_path_matches_plain_autograd(name, layer, budget, monkeypat
 
 
 @pytest.mark.parametrize("shape,budget", [((3, 8, 7, 7), 1000), ((3, 8, 7, 7), 49), ((3, 8, 7, 7), 20),
-                                          ((2, 4, 5), 3), ((4, 2, 3, 3, 3), 10), ((0, 4, 5), 1)])
+                                          ((2, 4, 5), 3), ((4, 2, 3, 3, 3), 10), ((0, 4, 5), 1), ((5, 3), 4)])
 def test_batch_chunks_cover_the_tensor_once(shape, budget):
     from kan_zoo.layers.helpers import batch_chunks, take
 
