@@ -6,14 +6,7 @@ from torch import nn
 from kan_zoo.layers import BASES, BottleneckKANConv2d, KANConv2d
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation, which on a busy 2-core
-    machine costs 10-50x (a float64 gradcheck here: 18 s with 2 threads, 0.3 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_compiled_model_with_every_basis_matches_eager():

@@ -8,6 +8,7 @@ import torch
 from kan_zoo.layers import KANConv1d, KANConv2d, KANConv3d
 from kan_zoo.layers import fused_wavelet
 from kan_zoo.layers.bases.wavelet import WAVELETS
+from layer_helpers import gradient_penalty_grads, plain_autograd_copy, run_with_grads, saved_bytes
 
 CONVS = {1: KANConv1d, 2: KANConv2d, 3: KANConv3d}
 GEOMETRIES = [
@@ -22,12 +23,7 @@ GEOMETRIES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture
@@ -36,29 +32,24 @@ def tiny_chunks(monkeypatch):
     monkeypatch.setitem(fused_wavelet._CHUNK_ELEMENTS, "cpu", 37)
 
 
-def _plain(layer):
-    """A copy that takes the plain wavelet ops (the chunked node needs a numeric padding)."""
-    ref = copy.deepcopy(layer)
-    ref.numeric_padding = None
-    return ref
-
-
-def _run(layer, x, seed=0):
-    x = x.detach().requires_grad_(True)
-    torch.manual_seed(seed)  # same dropout mask in both paths
-    y = layer(x)
-    y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape))
-    grads = {name: p.grad for name, p in layer.named_parameters()}
-    return y.detach(), x.grad, grads
+@pytest.fixture
+def node_calls(monkeypatch):
+    """A list that grows by one on every call of the chunked node."""
+    calls = []
+    apply = fused_wavelet.WaveletConvFunction.apply
+    monkeypatch.setattr(fused_wavelet.WaveletConvFunction, "apply", lambda *a: calls.append(1) or apply(*a))
+    return calls
 
 
 def _assert_paths_agree(layer, x):
-    y, grad_x, grads = _run(layer, x)
-    y_ref, grad_x_ref, grads_ref = _run(_plain(layer), x)
+    """The chunked node and the plain wavelet ops (plain_autograd_copy) give the same output and the
+    same gradient for the input and every parameter."""
+    y, grads = run_with_grads(layer, x)
+    y_ref, grads_ref = run_with_grads(plain_autograd_copy(layer), x)
+    every = {name for name, _ in layer.named_parameters()} | {"input"}
+    assert set(grads) == set(grads_ref) == every
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(grad_x, grad_x_ref, rtol=1e-10, atol=1e-12)
     for name, grad in grads_ref.items():
-        assert grad is not None and grads[name] is not None, name
         torch.testing.assert_close(grads[name], grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
@@ -94,22 +85,7 @@ def test_inference_equals_training_forward_and_the_plain_ops():
     with torch.no_grad():
         inference = layer(x)
     torch.testing.assert_close(inference, layer(x).detach())
-    torch.testing.assert_close(inference, _plain(layer)(x).detach(), rtol=1e-5, atol=1e-5)
-
-
-def _saved_bytes(module, x):
-    """Bytes of the unique non-parameter tensors autograd keeps for backward during one forward."""
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    sizes = {}
-
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in params:
-            sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    return sum(sizes.values())
+    torch.testing.assert_close(inference, plain_autograd_copy(layer)(x).detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_the_node_keeps_only_its_input():
@@ -119,19 +95,14 @@ def test_the_node_keeps_only_its_input():
     layer = KANConv2d(16, 16, 3, padding=1, basis="wavelet")
     assert not layer.memory_efficient
     plain_conv = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.SiLU())
-    assert _saved_bytes(_plain(layer), x) > 16 * x.numel() * x.element_size()
-    assert _saved_bytes(layer, x) <= 1.5 * _saved_bytes(plain_conv, x)
+    assert saved_bytes(plain_autograd_copy(layer), x) > 16 * x.numel() * x.element_size()
+    assert saved_bytes(layer, x) <= 1.5 * saved_bytes(plain_conv, x)
 
 
 def test_double_backward_replays_the_plain_ops():
     layer = KANConv2d(4, 4, 3, padding=1, groups=2, basis="wavelet").double()
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
-    results = []
-    for model in (layer, _plain(layer)):
-        xi = x.clone().requires_grad_(True)
-        (grad_x,) = torch.autograd.grad(model(xi).square().sum(), xi, create_graph=True)
-        grad_x.square().sum().backward()
-        results.append({n: p.grad for n, p in model.named_parameters()})
+    results = [gradient_penalty_grads(model, x) for model in (layer, plain_autograd_copy(layer))]
     for name, grad in results[0].items():
         torch.testing.assert_close(grad, results[1][name], msg=name)
 
@@ -148,22 +119,18 @@ def test_chunks_cover_every_output_and_position_once(groups, outputs, inputs, po
     assert sorted(seen) == list(itertools.product(range(groups * outputs), range(positions)))
 
 
-def test_compiled_models_call_the_node_outside_the_graph(monkeypatch):
+def test_compiled_models_call_the_node_outside_the_graph(node_calls):
     """Under torch.compile the node runs eagerly behind a graph break (the compiled plain ops were 3x
     slower and kept the whole wavelet tensor); outputs and gradients equal eager."""
-    calls = []
-    apply = fused_wavelet.WaveletConvFunction.apply
-    monkeypatch.setattr(fused_wavelet.WaveletConvFunction, "apply", lambda *a: calls.append(1) or apply(*a))
     torch.manual_seed(0)
     layer = KANConv2d(4, 6, 3, padding=1, groups=2, basis="wavelet").train()
     x = torch.randn(2, 4, 6, 6)
-    eager = _run(layer, x)
-    compiled = _run(torch.compile(copy.deepcopy(layer), backend="eager"), x)
-    assert len(calls) == 2
-    torch.testing.assert_close(compiled[0], eager[0])
-    torch.testing.assert_close(compiled[1], eager[1])
-    for name, grad in eager[2].items():
-        torch.testing.assert_close(compiled[2]["_orig_mod." + name], grad, msg=name)
+    y, grads = run_with_grads(layer, x)
+    y_compiled, grads_compiled = run_with_grads(torch.compile(copy.deepcopy(layer), backend="eager"), x)
+    assert len(node_calls) == 2
+    torch.testing.assert_close(y_compiled, y)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_compiled[name if name == "input" else "_orig_mod." + name], grad, msg=name)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (benchmarks/gpu_session.sh runs this file)")
@@ -176,28 +143,26 @@ def test_chunked_node_on_cuda(chunks, monkeypatch):
     _assert_paths_agree(layer, torch.randn(2, 8, 17, 15, dtype=torch.float64, device="cuda"))
 
 
-def test_bf16_autocast_takes_the_node_and_is_as_accurate_as_the_plain_ops(monkeypatch):
+def test_bf16_autocast_takes_the_node_and_is_as_accurate_as_the_plain_ops(node_calls):
     """Under autocast the node computes psi in float32 and its matmuls in bfloat16, as the plain ops
     do with their convolution: same output dtype, errors against float64 of the same size."""
-    calls = []
-    apply = fused_wavelet.WaveletConvFunction.apply
-    monkeypatch.setattr(fused_wavelet.WaveletConvFunction, "apply", lambda *a: calls.append(1) or apply(*a))
     torch.manual_seed(0)
     layer = KANConv2d(8, 12, 3, padding=1, groups=2, basis="wavelet")
     with torch.no_grad():
         layer.basis.scale.uniform_(0.5, 2.0)
         layer.basis.translation.normal_(0, 0.5)
     x = torch.randn(2, 8, 9, 9)
-    exact = _run(_plain(layer).double(), x.double())
+    y_exact, grads_exact = run_with_grads(plain_autograd_copy(layer).double(), x.double())
     errors = {}
-    for name, module in (("node", layer), ("plain", _plain(layer))):
+    for name, module in (("node", layer), ("plain", plain_autograd_copy(layer))):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            y, grad_x, grads = _run(module, x)
-        assert y.dtype == torch.bfloat16 and grad_x.dtype == torch.float32
+            y, grads = run_with_grads(module, x)
+        assert y.dtype == torch.bfloat16 and grads["input"].dtype == torch.float32
         assert all(g.dtype == torch.float32 for g in grads.values())
-        pairs = [(y, exact[0]), (grad_x, exact[1])] + [(grads[k], exact[2][k]) for k in grads]
+        assert set(grads) == set(grads_exact)
+        pairs = [(y, y_exact)] + [(grads[k], grads_exact[k]) for k in grads]
         errors[name] = [((a.double() - b).abs().max() / b.abs().max()).item() for a, b in pairs]
-    assert len(calls) == 1
+    assert len(node_calls) == 1
     for node_error, plain_error in zip(errors["node"], errors["plain"]):
         assert node_error < max(2 * plain_error, 4e-3)
 

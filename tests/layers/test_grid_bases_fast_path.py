@@ -13,13 +13,7 @@ from kan_zoo.layers.bases.base import Basis
 GRID_BASES = ["bspline", "rbf", "relu"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny float64 tensors: a second intra-op thread only adds synchronisation on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _check_against_expand(basis: Basis, t: torch.Tensor, groups: int) -> None:

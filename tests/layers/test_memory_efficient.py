@@ -1,63 +1,18 @@
 """Memory-efficient mode and the fused expand+conv node: same numbers, less kept for backward, no growth."""
 import copy
 import gc
-from typing import Dict, Tuple
 
 import pytest
 import torch
 from torch import nn
 
-from kan_zoo.layers import BASES, BottleneckKANConv2d, KANConv2d, KANConvNd, KANLinear, set_memory_efficient
+from kan_zoo.layers import BASES, BottleneckKANConv2d, KANConv2d, KANLinear, set_memory_efficient
+from layer_helpers import gradient_penalty_grads, plain_autograd_copy, run_with_grads, saved_bytes
 
 BOTTLENECK_BASES = [b for b, cls in BASES.items() if cls.separable and not cls.normalizes_input]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation, which on a busy 2-core
-    machine costs 10-50x (a float64 gradcheck here: 18 s with 2 threads, 0.3 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the unique non-parameter tensors autograd keeps for backward during one forward."""
-    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    seen: Dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    return sum(seen.values())
-
-
-def _run(layer: nn.Module, x: torch.Tensor, seed: int = 0) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """Output, and gradients of the input and every parameter, for a fixed upstream gradient."""
-    x = x.detach().requires_grad_(True)
-    torch.manual_seed(seed)  # same dropout masks in every mode
-    y = layer(x)
-    grad = torch.linspace(-1, 1, y.numel()).reshape(y.shape)
-    y.backward(grad)
-    grads = {name: p.grad for name, p in layer.named_parameters() if p.grad is not None}
-    grads["input"] = x.grad
-    return y.detach(), grads
-
-
-def _autograd_reference(layer: KANConvNd) -> KANConvNd:
-    """A copy that takes the plain autograd path: the fused node needs a numeric padding."""
-    ref = copy.deepcopy(layer)
-    for m in ref.modules():
-        if isinstance(m, KANConvNd):
-            m.numeric_padding = None
-            m.memory_efficient = False
-    return ref
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _assert_same(a, b) -> None:
@@ -78,11 +33,11 @@ def _layers():
 @pytest.mark.parametrize("name,layer", list(_layers()), ids=[n for n, _ in _layers()])
 def test_memory_efficient_and_fused_match_plain_autograd(name, layer):
     x = torch.randn(2, 8, 7, 7)
-    default = _run(layer.train(), x)
+    default = run_with_grads(layer.train(), x)
     efficient = copy.deepcopy(layer)
     assert set_memory_efficient(efficient) == 1 and efficient.memory_efficient
-    _assert_same(_run(efficient, x), default)
-    _assert_same(_run(_autograd_reference(layer), x), default)
+    _assert_same(run_with_grads(efficient, x), default)
+    _assert_same(run_with_grads(plain_autograd_copy(layer), x), default)
 
 
 @pytest.mark.parametrize("budget", [49, 20], ids=["one-sample", "rows"])
@@ -106,13 +61,13 @@ def test_chunked_fast_path_matches_plain_autograd(name, layer, budget, monkeypat
 
         monkeypatch.setattr(module, "batch_chunks", spy)
     x = torch.randn(3, 8, 7, 7)
-    reference = _run(_autograd_reference(layer).train(), x)
-    _assert_same(_run(layer.train(), x), reference)
+    reference = run_with_grads(plain_autograd_copy(layer).train(), x)
+    _assert_same(run_with_grads(layer.train(), x), reference)
     efficient = copy.deepcopy(layer)
     set_memory_efficient(efficient)
-    _assert_same(_run(efficient, x), reference)
+    _assert_same(run_with_grads(efficient, x), reference)
     with torch.no_grad():
-        torch.testing.assert_close(layer.eval()(x), _autograd_reference(layer).eval()(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(layer.eval()(x), plain_autograd_copy(layer).eval()(x), rtol=1e-5, atol=1e-6)
     assert pieces and all(len(found) >= 3 for found in pieces)
     if budget == 20:  # less than one sample: rows of the first spatial dimension
         assert all(chunk[1] != slice(None) for found in pieces for chunk in found)
@@ -138,10 +93,10 @@ def test_kan_linear_and_strided_memory_efficient():
     lean = copy.deepcopy(head)
     lean.memory_efficient = True
     x = torch.randn(5, 6)
-    _assert_same(_run(lean, x), _run(head, x))
+    _assert_same(run_with_grads(lean, x), run_with_grads(head, x))
     conv = KANConv2d(4, 6, 3, stride=2, padding=2, dilation=2, basis="legendre", memory_efficient=True)
     x = torch.randn(2, 4, 9, 9)
-    _assert_same(_run(conv, x), _run(_autograd_reference(conv), x))
+    _assert_same(run_with_grads(conv, x), run_with_grads(plain_autograd_copy(conv), x))
 
 
 @pytest.mark.parametrize("basis", list(BASES))
@@ -149,19 +104,19 @@ def test_memory_efficient_keeps_at_most_1_5x_a_plain_conv(basis):
     x = torch.randn(2, 16, 12, 12, requires_grad=True)
     plain = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.SiLU())
     layer = KANConv2d(16, 16, 3, padding=1, groups=2, basis=basis, memory_efficient=True)
-    assert _saved_bytes(layer, x) <= 1.5 * _saved_bytes(plain, x)
+    assert saved_bytes(layer, x) <= 1.5 * saved_bytes(plain, x)
     layer.memory_efficient = False
     if BASES[basis].separable:  # the default mode keeps more: the (basis size + 1) x stacked basis
-        assert _saved_bytes(layer, x) > 1.5 * _saved_bytes(plain, x)
+        assert saved_bytes(layer, x) > 1.5 * saved_bytes(plain, x)
     else:  # the chunked wavelet node keeps only its input in either mode (tests/layers/test_fused_wavelet.py)
-        assert _saved_bytes(layer, x) <= 1.5 * _saved_bytes(plain, x)
+        assert saved_bytes(layer, x) <= 1.5 * saved_bytes(plain, x)
 
 
 def test_memory_efficient_bottleneck_bound_at_its_usual_reduction():
     x = torch.randn(2, 64, 8, 8, requires_grad=True)
     plain = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.SiLU())
     layer = BottleneckKANConv2d(64, 64, 3, padding=1, dim_reduction=8, memory_efficient=True)
-    assert _saved_bytes(layer, x) <= 1.5 * _saved_bytes(plain, x)
+    assert saved_bytes(layer, x) <= 1.5 * saved_bytes(plain, x)
 
 
 def test_no_memory_growth_over_training_steps():
@@ -187,9 +142,9 @@ def test_no_memory_growth_over_training_steps():
     counts, saved = {}, []
     for i in range(30):
         if i == 15:
-            saved.append(_saved_bytes(model, x))
+            saved.append(saved_bytes(model, x))
             set_memory_efficient(model)
-            saved.append(_saved_bytes(model, x))
+            saved.append(saved_bytes(model, x))
         x = torch.randn(4, 3, 10, 10)  # a fresh batch each step, as in training
         step(x)
         if i in (2, 14, 17, 29):  # counting is slow (gc.get_objects), so at a few steps only
@@ -224,11 +179,6 @@ def test_double_backward_gradient_penalty(memory_efficient):
     """create_graph=True still works through the fused node and equals the plain autograd path."""
     layer = KANConv2d(4, 4, 3, padding=1, groups=2, basis="gram", memory_efficient=memory_efficient).double()
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
-    results = []
-    for model in (layer, _autograd_reference(layer)):
-        xi = x.clone().requires_grad_(True)
-        (grad_x,) = torch.autograd.grad(model(xi).square().sum(), xi, create_graph=True)
-        grad_x.square().sum().backward()
-        results.append({n: p.grad for n, p in model.named_parameters()})
+    results = [gradient_penalty_grads(model, x) for model in (layer, plain_autograd_copy(layer))]
     for name, grad in results[0].items():
         torch.testing.assert_close(grad, results[1][name], msg=name)

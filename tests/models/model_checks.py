@@ -1,6 +1,6 @@
 """Checks the model-family tests share: timm's classifier contract on a tiny model, gradients,
 a few training steps, and encoder weights served from a local Hugging Face cache (the
-``one_thread`` fixture is in this folder's conftest.py).
+``one_thread`` fixture is in tests/conftest.py).
 
 Each family's test module keeps its own test functions (named for what they test) and calls these
 with its model names and input size, so a failure still points at the family.
