@@ -24,7 +24,7 @@ from torch import nn
 
 from .helpers import batch_chunks, take
 
-__all__ = ["ExpandConvFunction", "numeric_padding", "swap_parameters", "set_memory_efficient"]
+__all__ = ["ExpandConvFunction", "grads_where_needed", "numeric_padding", "swap_parameters", "set_memory_efficient"]
 
 
 def numeric_padding(padding, kernel_size: Sequence[int], dilation: Sequence[int]) -> Optional[Tuple[int, ...]]:
@@ -108,12 +108,28 @@ def _differentiable_backward(ctx, layer, x, u, mask, weight, params, grad_y) -> 
     with swap_parameters(layer.basis, dict(zip(ctx.param_names, params))):
         y = layer._conv(layer.stacked_basis(x, u, mask), weight, layer.groups)
     inputs = [x, None if ctx.x_is_u else u, weight, *params]
-    wrt = [t for t, need in zip(inputs, ctx.needs_input_grad[2:4] + ctx.needs_input_grad[5:]) if t is not None and need]
-    found = iter(torch.autograd.grad(y, wrt, grad_y, create_graph=True, allow_unused=True))
-    grads = [next(found) if t is not None and need else None
-             for t, need in zip(inputs, ctx.needs_input_grad[2:4] + ctx.needs_input_grad[5:])]
-    grad_x, grad_u, grad_w, *grad_params = grads
+    needs = ctx.needs_input_grad[2:4] + ctx.needs_input_grad[5:]
+    grad_x, grad_u, grad_w, *grad_params = grads_where_needed([y], inputs, [grad_y], needs, create_graph=True)
     return (None, None, grad_x, grad_u, None, grad_w, *grad_params)
+
+
+def grads_where_needed(
+    outputs: Sequence[torch.Tensor],
+    inputs: Sequence[Optional[torch.Tensor]],
+    grad_outputs: Sequence[torch.Tensor],
+    needs: Optional[Sequence[bool]] = None,
+    create_graph: bool = False,
+) -> List[Optional[torch.Tensor]]:
+    """torch.autograd.grad for the inputs that are needed (``needs``, default: those requiring grad;
+    None entries never), as a list aligned with ``inputs``: None where not needed or not reached."""
+    needs = [t is not None and t.requires_grad for t in inputs] if needs is None else needs
+    wanted = [t is not None and need for t, need in zip(inputs, needs)]
+    wrt = [t for t, want in zip(inputs, wanted) if want]
+    found = iter(
+        torch.autograd.grad(outputs, wrt, grad_outputs, create_graph=create_graph, allow_unused=True)
+        if len(outputs) and wrt else [None] * len(wrt)
+    )
+    return [next(found) if want else None for want in wanted]
 
 
 def _basis_backward(ctx, layer, x, u, mask, params, grad_stacked, need_x, need_u, need_params) -> list:
@@ -135,12 +151,7 @@ def _basis_backward(ctx, layer, x, u, mask, params, grad_stacked, need_x, need_u
             if fn.requires_grad:  # constants (P_0 = 1) carry no gradient
                 outs.append(fn)
                 grad_outs.append(g.select(2, f).reshape(fn.shape))
-        wrt = [t for t in [xd] + ([] if ctx.x_is_u else [ud]) + pd if t is not None and t.requires_grad]
-        found = iter(torch.autograd.grad(outs, wrt, grad_outs, allow_unused=True) if outs else [None] * len(wrt))
-    result = []
-    for t in [xd, None if ctx.x_is_u else ud] + pd:
-        result.append(next(found) if t is not None and t.requires_grad else None)
-    return result
+        return grads_where_needed(outs, [xd, None if ctx.x_is_u else ud] + pd, grad_outs)
 
 
 def _basis_backward_by_hand(layer, xd, ud, mask, params: Dict[str, torch.Tensor], grad_stacked) -> Optional[list]:
@@ -162,11 +173,7 @@ def _basis_backward_by_hand(layer, xd, ud, mask, params: Dict[str, torch.Tensor]
         if base.requires_grad:
             outs.append(base)
             grad_outs.append(g[:, :, 0].reshape(base.shape))
-    wrt = [v for v in ([xd] if xd is ud else [xd, ud]) if v is not None and v.requires_grad]
-    found = iter(torch.autograd.grad(outs, wrt, grad_outs, allow_unused=True) if outs else [None] * len(wrt))
-    result_grads = []
-    for v in [xd, None if xd is ud else ud]:
-        result_grads.append(next(found) if v is not None and v.requires_grad else None)
+    result_grads = grads_where_needed(outs, [xd, None if xd is ud else ud], grad_outs)
     for name, p in params.items():
         result_grads.append(param_grads.get(name) if p.requires_grad else None)
     return result_grads

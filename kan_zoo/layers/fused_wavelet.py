@@ -25,6 +25,8 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from .fused import grads_where_needed
+
 __all__ = ["WaveletConvFunction", "wavelet_conv"]
 
 # Elements of one chunk of z (and of each temporary like it). CPU: 2 MiB per temporary keeps a
@@ -142,25 +144,31 @@ class WaveletConvFunction(torch.autograd.Function):
         return (None, *grads)
 
 
+def _chunked_z(layer, t, inv_scale, shift, compute: torch.dtype) -> Iterator[Tuple[int, slice, slice, torch.Tensor]]:
+    """(group, outputs, positions, z) for every chunk, z = x / s - tau / s as (outputs, c, positions)
+    in the compute dtype."""
+    out_channels, c = inv_scale.shape
+    groups = layer.basis.groups
+    columns = _columns(t)
+    for g, o, p in _chunks(groups, out_channels // groups, c, columns.shape[1], _budget(t)):
+        z = torch.mul(columns[None, g * c:(g + 1) * c, p], inv_scale[o, :, None]).add_(shift[o, :, None])
+        yield g, o, p, z.to(compute)
+
+
 def _forward(layer, t, scale, translation, weight, compute: torch.dtype, matmul: torch.dtype) -> torch.Tensor:
-    basis = layer.basis
-    out_channels, c = scale.shape
+    out_channels = scale.shape[0]
     taps = weight[0, 0].numel()
-    positions = t.numel() // t.shape[1]
     inv_scale, shift = _affine(scale, translation)
     tap_weight = weight.flatten(2).transpose(1, 2).to(matmul).contiguous()  # (C_out, K, c)
-    columns = _columns(t)
-    tap_maps = t.new_empty(out_channels, taps, positions, dtype=matmul)
-    for g, o, p in _chunks(basis.groups, out_channels // basis.groups, c, positions, _budget(t)):
-        z = torch.mul(columns[None, g * c:(g + 1) * c, p], inv_scale[o, :, None]).add_(shift[o, :, None])
-        tap_maps[o, :, p] = torch.bmm(tap_weight[o], _psi(basis, z.to(compute)).to(matmul))
+    tap_maps = t.new_empty(out_channels, taps, t.numel() // t.shape[1], dtype=matmul)
+    for _, o, p, z in _chunked_z(layer, t, inv_scale, shift, compute):
+        tap_maps[o, :, p] = torch.bmm(tap_weight[o], _psi(layer.basis, z).to(matmul))
     return _place_taps(layer, tap_maps.view(out_channels, taps, *t.shape[:1], *t.shape[2:]))
 
 
 def _backward(layer, t, scale, translation, weight, grad_y, compute: torch.dtype, matmul: torch.dtype,
               need_t: bool) -> Tuple[Optional[torch.Tensor], ...]:
     """Gradients of (t, scale, translation, weight), chunk by chunk."""
-    basis = layer.basis
     n, spatial = t.shape[0], t.shape[2:]
     out_channels, c = scale.shape
     positions = t.numel() // t.shape[1]
@@ -168,16 +176,14 @@ def _backward(layer, t, scale, translation, weight, grad_y, compute: torch.dtype
     grad_taps = _gather_taps(layer, grad_y.to(matmul), taps, spatial).view(out_channels, taps, positions)
     inv_scale, shift = _affine(scale, translation)
     tap_weight = weight.flatten(2).to(matmul)  # (C_out, c, K)
-    columns = _columns(t)
     # Sums run in the compute dtype and are cast to each input's dtype at the end.
-    grad_columns = torch.zeros(columns.shape, dtype=compute, device=t.device) if need_t else None
+    grad_columns = torch.zeros((t.shape[1], positions), dtype=compute, device=t.device) if need_t else None
     grad_weight = torch.zeros(tap_weight.shape, dtype=compute, device=t.device)
     grad_shift_sum = torch.zeros(scale.shape, dtype=compute, device=t.device)  # sum over positions of dL/dz
     grad_z_times_z = torch.zeros_like(grad_shift_sum)  # sum over positions of dL/dz * z
-    for g, o, p in _chunks(basis.groups, out_channels // basis.groups, c, positions, _budget(t)):
-        z = torch.mul(columns[None, g * c:(g + 1) * c, p], inv_scale[o, :, None]).add_(shift[o, :, None]).to(compute)
+    for g, o, p, z in _chunked_z(layer, t, inv_scale, shift, compute):
         grad_psi = torch.bmm(tap_weight[o], grad_taps[o, :, p]).to(compute)
-        psi, grad_z = _psi_and_grad_z(basis, z, grad_psi)
+        psi, grad_z = _psi_and_grad_z(layer.basis, z, grad_psi)
         grad_weight[o] += torch.bmm(psi.to(matmul), grad_taps[o, :, p].transpose(1, 2))
         del psi, grad_psi
         grad_shift_sum[o] += grad_z.sum(-1)
@@ -236,7 +242,4 @@ def _differentiable_backward(ctx, t, scale, translation, weight, grad_y) -> tupl
     layer = ctx.layer
     y = wavelet_conv(t, scale, translation, weight, layer.basis.groups, layer.basis.psi, layer._conv)
     inputs = [t, scale, translation, weight]
-    needed = [x for x, need in zip(inputs, ctx.needs_input_grad[1:]) if need]
-    found = iter(torch.autograd.grad(y, needed, grad_y, create_graph=True, allow_unused=True))
-    grads: List[Optional[torch.Tensor]] = [next(found) if need else None for need in ctx.needs_input_grad[1:]]
-    return (None, *grads)
+    return (None, *grads_where_needed([y], inputs, [grad_y], ctx.needs_input_grad[1:], create_graph=True))
