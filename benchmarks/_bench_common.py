@@ -5,6 +5,7 @@ The scripts import it as a sibling module (python puts benchmarks/ on sys.path f
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
 import json
@@ -57,6 +58,28 @@ def check_device(device: str) -> None:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"--device cuda: CUDA is not available to this torch {torch.__version__} "
                          f"(built with CUDA {torch.version.cuda}); run on a GPU machine or use --device cpu")
+
+
+REUSE_CPU_MEMORY_HELP = ("workers keep freed CPU memory for reuse (kan_zoo.reuse_cpu_memory: glibc mallopt), so steps "
+                         "stop paying page faults for fresh activations; default: the C library's own policy")
+
+
+def add_cpu_memory_flag(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--reuse-cpu-memory", action="store_true", help=REUSE_CPU_MEMORY_HELP)
+
+
+def cpu_memory_args(args: argparse.Namespace) -> List[str]:
+    """The flag again, for a worker's command line."""
+    return ["--reuse-cpu-memory"] if args.reuse_cpu_memory else []
+
+
+def apply_cpu_memory_flag(args: argparse.Namespace) -> None:
+    """In a worker, before any tensor is made: switch the allocator policy the flag asks for."""
+    if args.reuse_cpu_memory:
+        from kan_zoo.cpu_memory import reuse_cpu_memory
+
+        if not reuse_cpu_memory():
+            raise SystemExit("--reuse-cpu-memory needs Linux with glibc")
 
 
 def last_error(stderr: str) -> str:

@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--warmup-lr", type=float, default=0.0)
     o.add_argument("--cpu", action="store_true",
                    help="train on the CPU even where a GPU is present (several processes talk over gloo)")
+    o.add_argument("--reuse-cpu-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="on CPU, keep freed tensor memory for the next steps instead of faulting in fresh pages "
+                        "(kan_zoo.reuse_cpu_memory; glibc only)")
     o.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     o.add_argument("--model-ema", action=argparse.BooleanOptionalAction, default=True,
                    help="keep an EMA of the weights (timm ModelEmaV3) and validate it too")

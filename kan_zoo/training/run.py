@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 
 import torch
 
+from ..cpu_memory import reuse_cpu_memory
 from .aids import (GridRefresher, apply_grid_state, build_regularizers, freeze_backbone, group_summary,
                    optimizer_params, read_grid_state)
 from .checkpoint import CheckpointError, TrainState, list_checkpoints, load_checkpoint, resolve_resume
@@ -178,6 +179,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     logging.basicConfig(level=logging.INFO if acc.is_local_main_process else logging.ERROR,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise
+    if acc.device.type == "cpu" and args.reuse_cpu_memory and reuse_cpu_memory():
+        _log.info("reusing freed CPU memory (kan_zoo.reuse_cpu_memory)")
     set_seed(args.seed)  # identical initial weights on every process
 
     with acc.main_process_first():  # the main process downloads / builds the caches first
