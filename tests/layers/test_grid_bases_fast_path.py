@@ -1,5 +1,6 @@
-"""The fused node's fast path of the grid bases (bspline, rbf, relu): expand_into equals the stacked
-expand, expand_backward equals autograd of expand, also on refitted (non-uniform) grids."""
+"""The fused node's hand-written fast path of the grid bases (bspline, rbf, relu) and of bernstein:
+expand_into equals the stacked expand, expand_backward equals autograd of expand, also on refitted
+(non-uniform) grids."""
 from typing import List
 
 import pytest
@@ -53,6 +54,8 @@ def _sample(shape: List[int]) -> torch.Tensor:
     ("bspline", {"degree": 3, "grid_size": 7, "grid_range": (-2.0, 1.0)}),
     ("rbf", {}), ("rbf", {"grid_size": 5, "grid_range": (-1.0, 3.0)}),
     ("relu", {}), ("relu", {"degree": 2, "grid_size": 4, "train_phases": False}),
+    ("bernstein", {"degree": 1}), ("bernstein", {"degree": 2}), ("bernstein", {"degree": 3}),
+    ("bernstein", {"degree": 5}),
 ])
 @pytest.mark.parametrize("groups", [1, 2])
 def test_fast_path_matches_expand(basis_name, options, groups):
@@ -84,7 +87,7 @@ def test_fast_path_after_grid_refit(basis_name):
 
 
 @pytest.mark.parametrize("basis_name,options", [
-    ("bspline", {}), ("rbf", {}), ("relu", {}), ("relu", {"train_phases": False}),
+    ("bspline", {}), ("rbf", {}), ("relu", {}), ("relu", {"train_phases": False}), ("bernstein", {}),
 ])
 @pytest.mark.parametrize("memory_efficient", [False, True])
 def test_layer_gradcheck_through_fused_node(basis_name, options, memory_efficient, monkeypatch):
@@ -145,3 +148,13 @@ def test_host_values_follow_every_change_of_the_buffer():
     doubled = copy.deepcopy(layer).double()  # a new tensor, and another dtype
     assert doubled.basis.host_values("grid", torch.float64) == doubled.basis.grid.tolist()
     pickle.loads(pickle.dumps(layer))  # nothing unpicklable is stored on the module
+
+
+def test_bernstein_degree_0_is_ones_with_no_gradient():
+    basis = BASES["bernstein"](4, degree=0).double()
+    t = torch.rand(2, 4, 3, 3, dtype=torch.float64)
+    out = torch.full((2, 1, 1, 4, 3, 3), float("nan"), dtype=torch.float64)
+    basis.expand_into(t, out)
+    assert torch.equal(out, torch.ones_like(out))
+    grad_t, grads = basis.expand_backward(t, torch.randn_like(out))
+    assert torch.equal(grad_t, torch.zeros_like(t)) and grads == {}
