@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .bases import get_basis_class
+from .constant_function import constant_response, split_constant
 from .fused import ExpandConvFunction, numeric_padding
 from .triton_basis import expand_conv as triton_expand_conv
 from .triton_basis import triton_applies
@@ -191,13 +192,15 @@ class KANConvNd(nn.Module):
         return stack_functions(self.basis_functions(x, u, mask), self.groups)
 
     def stacked_basis_into(
-        self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]
+        self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor], skip_constant: bool = False
     ) -> torch.Tensor:
         """:meth:`stacked_basis` without autograd, each function written straight into the stacked
         tensor (no per-function tensors and no concatenation pass), a piece of the batch at a time so
-        that the basis's temporaries stay in cache (helpers.batch_chunks)."""
+        that the basis's temporaries stay in cache (helpers.batch_chunks). ``skip_constant`` leaves
+        out the basis's constant function (see :meth:`skips_constant`)."""
         g, first = self.groups, int(x is not None)
-        out = u.new_empty((u.shape[0], g, first + self.basis.num_functions, u.shape[1] // g) + u.shape[2:])
+        functions = self.basis.num_functions - int(skip_constant)
+        out = u.new_empty((u.shape[0], g, first + functions, u.shape[1] // g) + u.shape[2:])
         for chunk in batch_chunks(u):
             stack = take(out, chunk, channel_dims=3)  # (n, G, F, C / G, *spatial)
             t = self.basis.prepare(take(u, chunk))
@@ -208,8 +211,29 @@ class KANConvNd(nn.Module):
                     torch.ops.aten.silu.out(take(x, chunk).unflatten(1, (g, -1)), out=stack[:, :, 0])
                 else:
                     stack[:, :, 0].copy_(self.basis.base(take(x, chunk)).unflatten(1, (g, -1)))
-            self.basis.expand_into(t, stack[:, :, first:])
+            if skip_constant:
+                self.basis.expand_into(t, stack[:, :, first:], skip_constant=True)
+            else:
+                self.basis.expand_into(t, stack[:, :, first:])
         return out.flatten(1, 3)
+
+    # -- the constant function (P_0 = 1): the fast paths leave it out of the stacked tensor and add its
+    # share of the convolution in closed form (kan_zoo.layers.constant_function)
+    def skips_constant(self, x: Optional[torch.Tensor]) -> bool:
+        """Whether the fast paths leave the basis's constant function out (something must remain)."""
+        return self.basis.has_constant_function and (x is not None or self.basis.num_functions > 1)
+
+    def conv_expanded(self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor],
+                      weight: torch.Tensor, keep: bool = True) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(the layer's basis convolution, the stacked tensor it ran on, or None unless ``keep``) without
+        autograd; the constant function, where the basis has one, in closed form."""
+        skip = self.skips_constant(x)
+        stacked = self.stacked_basis_into(x, u, mask, skip_constant=skip)
+        if not skip:
+            return self._conv(stacked, weight, self.groups), stacked if keep else None
+        rest, summed = split_constant(self, weight)
+        y = self._conv(stacked, rest, self.groups)
+        return y.add_(constant_response(self, summed, u)), stacked if keep else None
 
     def expand_conv(self, x: Optional[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
         """conv(stacked basis of (x, u), weight): one fused autograd node where it applies."""
@@ -222,9 +246,10 @@ class KANConvNd(nn.Module):
         if triton_applies(self, x, u, mask):  # CUDA: one fused kernel each way (kan_zoo.layers.triton_basis)
             return triton_expand_conv(self, x, u, mask, params, needs_grad)
         eager = _eager_fast_path(u)
-        if not needs_grad:  # inference: same numbers, no per-function tensors and no concatenation pass
-            stacked = self.stacked_basis_into(x, u, mask) if eager else self.stacked_basis(x, u, mask)
-            return self._conv(stacked, self.weight, self.groups)
+        if not needs_grad:  # inference: no per-function tensors, no concatenation pass, no constant channels
+            if eager:
+                return self.conv_expanded(x, u, mask, self.weight, keep=False)[0]
+            return self._expand_conv_plain(x, u, mask)
         if eager and self.numeric_padding is not None:
             return ExpandConvFunction.apply(self, not self.memory_efficient, x, u, mask, self.weight, *params)
         if self.memory_efficient:

@@ -4,6 +4,7 @@ Why: left to autograd, a KAN conv keeps every intermediate of the basis recurren
 (basis size + 1) x C_in tensor for backward, and its backward walks the recurrence op by op. This
 node keeps only what it chooses:
   * default mode: the input and the stacked basis (the conv needs it for the weight gradient);
+    a constant basis function (P_0 = 1) is not in it: the layer adds its share in closed form;
   * memory-efficient mode: the input only; backward rebuilds the stacked basis without grad
     (one extra pass of elementwise work, no extra convolution), so the layer keeps about the
     activations of a plain conv.
@@ -22,6 +23,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .constant_function import constant_weight_grad, split_constant
 from .helpers import batch_chunks, take
 
 __all__ = ["ExpandConvFunction", "grads_where_needed", "numeric_padding", "swap_parameters", "set_memory_efficient"]
@@ -66,8 +68,7 @@ class ExpandConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, layer, keep_basis: bool, x, u, mask, weight, *params):  # type: ignore[override]
-        stacked = layer.stacked_basis_into(x, u, mask)
-        y = layer._conv(stacked, weight, layer.groups)
+        y, stacked = layer.conv_expanded(x, u, mask, weight, keep=keep_basis)
         ctx.layer = layer
         ctx.x_is_u = x is u
         ctx.param_names = [name for name, _ in layer.basis.named_parameters()]
@@ -85,17 +86,21 @@ class ExpandConvFunction(torch.autograd.Function):
         need_x, need_u, _, need_w = ctx.needs_input_grad[2:6]
         need_params = ctx.needs_input_grad[6:]
         need_basis = need_x or need_u or any(need_params)
+        skip = layer.skips_constant(x)
         if stacked is None:  # memory-efficient mode: rebuild what the forward did not keep
             with torch.no_grad(), swap_parameters(layer.basis, dict(zip(ctx.param_names, params))):
-                stacked = layer.stacked_basis_into(x, u, mask)
+                stacked = layer.stacked_basis_into(x, u, mask, skip_constant=skip)
+        conv_weight, summed = split_constant(layer, weight) if skip else (weight, None)
         grad_stacked, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad_y, stacked, weight, None, layer.stride, layer.numeric_padding, layer.dilation, False,
+            grad_y, stacked, conv_weight, None, layer.stride, layer.numeric_padding, layer.dilation, False,
             [0] * layer.ndim, layer.groups, [need_basis, need_w, False],
         )
+        if need_w and skip:
+            grad_w = constant_weight_grad(layer, grad_y, u, summed, grad_w)
         del stacked
         grads: List[Optional[torch.Tensor]] = [None] * (3 + len(params))  # x, u, params
         if need_basis:
-            grads = _basis_backward(ctx, layer, x, u, mask, params, grad_stacked, need_x, need_u, need_params)
+            grads = _basis_backward(ctx, layer, x, u, mask, params, grad_stacked, need_x, need_u, need_params, skip)
         grad_x, grad_u, *grad_params = grads
         if ctx.x_is_u:
             grad_x, grad_u = grad_x, None
@@ -132,19 +137,22 @@ def grads_where_needed(
     return [next(found) if want else None for want in wanted]
 
 
-def _basis_backward(ctx, layer, x, u, mask, params, grad_stacked, need_x, need_u, need_params) -> list:
-    """Gradients of (x, u, *params) given the gradient of the stacked basis, by re-running the
-    basis under autograd with the stacked gradient split back into one gradient per function."""
+def _basis_backward(ctx, layer, x, u, mask, params, grad_stacked, need_x, need_u, need_params, skip: bool) -> list:
+    """Gradients of (x, u, *params) given the gradient of the stacked basis (without the constant
+    function where ``skip``), by re-running the basis under autograd with the stacked gradient split
+    back into one gradient per function."""
     with torch.enable_grad():
         xd = x.detach().requires_grad_(need_x or (ctx.x_is_u and need_u)) if x is not None else None
         ud = xd if ctx.x_is_u else (u.detach().requires_grad_(need_u) if u is not None else None)
         pd = [p.detach().requires_grad_(need) for p, need in zip(params, need_params)]
         by_name = dict(zip(ctx.param_names, pd))
-        fast = _basis_backward_by_hand(layer, xd, ud, mask, by_name, grad_stacked)
+        fast = _basis_backward_by_hand(layer, xd, ud, mask, by_name, grad_stacked, skip)
         if fast is not None:
             return fast
         with swap_parameters(layer.basis, by_name):
             functions = layer.basis_functions(xd, ud, mask)
+        if skip:
+            del functions[int(xd is not None)]
         g = grad_stacked.unflatten(1, (layer.groups, len(functions), -1))
         outs, grad_outs = [], []
         for f, fn in enumerate(functions):
@@ -154,16 +162,17 @@ def _basis_backward(ctx, layer, x, u, mask, params, grad_stacked, need_x, need_u
         return grads_where_needed(outs, [xd, None if ctx.x_is_u else ud] + pd, grad_outs)
 
 
-def _basis_backward_by_hand(layer, xd, ud, mask, params: Dict[str, torch.Tensor], grad_stacked) -> Optional[list]:
+def _basis_backward_by_hand(layer, xd, ud, mask, params: Dict[str, torch.Tensor], grad_stacked,
+                            skip: bool) -> Optional[list]:
     """Like _basis_backward, with the basis's own expand_backward for the functions; autograd only
     differentiates the one-op prepare (e.g. tanh) and the base activation. None if the basis has none."""
     first = int(xd is not None)  # the fused node passes x only when the base branch is folded in
     t = layer.basis.prepare(ud)
     if mask is not None:
         t = t * mask
-    g = grad_stacked.unflatten(1, (layer.groups, first + layer.basis.num_functions, -1))
+    g = grad_stacked.unflatten(1, (layer.groups, first + layer.basis.num_functions - int(skip), -1))
     with torch.no_grad(), swap_parameters(layer.basis, params):
-        result = _expand_backward_by_chunks(layer.basis, t.detach(), g[:, :, first:])
+        result = _expand_backward_by_chunks(layer.basis, t.detach(), g[:, :, first:], skip)
     if result is None:
         return None
     grad_t, param_grads = result
@@ -179,16 +188,17 @@ def _basis_backward_by_hand(layer, xd, ud, mask, params: Dict[str, torch.Tensor]
     return result_grads
 
 
-def _expand_backward_by_chunks(basis, t: torch.Tensor, grad_out: torch.Tensor) -> Optional[tuple]:
+def _expand_backward_by_chunks(basis, t: torch.Tensor, grad_out: torch.Tensor, skip: bool) -> Optional[tuple]:
     """``basis.expand_backward`` a piece of the batch at a time (helpers.batch_chunks: the temporaries
     stay in cache); parameter gradients are summed over the pieces."""
+    options = {"skip_constant": True} if skip else {}
     chunks = batch_chunks(t)
     if len(chunks) == 1:
-        return basis.expand_backward(t, grad_out)
+        return basis.expand_backward(t, grad_out, **options)
     grad_t = torch.empty_like(t)
     param_grads: Dict[str, torch.Tensor] = {}
     for chunk in chunks:
-        result = basis.expand_backward(take(t, chunk), take(grad_out, chunk, channel_dims=3))
+        result = basis.expand_backward(take(t, chunk), take(grad_out, chunk, channel_dims=3), **options)
         if result is None:
             return None
         take(grad_t, chunk).copy_(result[0])

@@ -74,6 +74,9 @@ class Basis(nn.Module):
     # Buffers added after checkpoints without them were written (rbf inv_width, relu scale); see
     # _load_from_state_dict.
     added_buffers: ClassVar[Tuple[str, ...]] = ()
+    # Where function 0 is one constant everywhere (P_0 = 1 of the polynomial bases): the fused node then
+    # leaves it out of the stacked tensor and adds its convolution in closed form (constant_value).
+    has_constant_function: ClassVar[bool] = False
 
     def __init__(self, channels: int, degree: int) -> None:
         super().__init__()
@@ -101,17 +104,24 @@ class Basis(nn.Module):
         return _ACTIVATIONS[self.base_activation](x)
 
     # -- optional fast paths for the fused expand+conv node (kan_zoo.layers.fused); never under autograd
-    def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
+    def constant_value(self, dtype: torch.dtype) -> float:
+        """Function 0's value, rounded as :meth:`expand` computes it in ``dtype`` (has_constant_function only)."""
+        raise NotImplementedError(f"the {self.name} basis has no constant function")
+
+    def expand_into(self, t: torch.Tensor, out: torch.Tensor, skip_constant: bool = False) -> None:
         """Writes the functions of t (N, C, *spatial) into ``out`` (N, G, num_functions, C / G, *spatial),
-        the layer's stacked layout. Override to write each function in place instead of copying it."""
-        for k, function in enumerate(self.expand(t)):
+        the layer's stacked layout; with ``skip_constant`` (has_constant_function only), ``out`` holds
+        functions 1.. only. Override to write each function in place instead of copying it."""
+        functions = self.expand(t)[int(skip_constant):]
+        for k, function in enumerate(functions):
             out[:, :, k].copy_(function.unflatten(1, (out.shape[1], -1)))
 
     def expand_backward(
-        self, t: torch.Tensor, grad_out: torch.Tensor
+        self, t: torch.Tensor, grad_out: torch.Tensor, skip_constant: bool = False
     ) -> Optional[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]:
         """(dL/dt, {parameter name: dL/dparameter}) given dL/d(functions) laid out like ``out`` of
-        :meth:`expand_into`, or None to let the fused node differentiate :meth:`expand` by autograd."""
+        :meth:`expand_into` (the same ``skip_constant``), or None to let the fused node differentiate
+        :meth:`expand` by autograd."""
         return None
 
     # -- grid-based bases (bspline, rbf, relu): resizing to a checkpoint written after grid growth

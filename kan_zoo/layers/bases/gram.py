@@ -68,23 +68,31 @@ class GramBasis(Basis):
             polys.append(p)
         return polys
 
-    def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
-        groups = out.shape[1]
-        # SiLU(P_0) is a constant: computed in t's dtype so it equals F.silu(ones) bit for bit.
-        out[:, :, 0].fill_(F.silu(torch.ones((), dtype=t.dtype, device=t.device)))
-        for i, p in enumerate(self._polys(t)[1:], start=1):
-            torch.ops.aten.silu.out(p.unflatten(1, (groups, -1)), out=out[:, :, i])
+    has_constant_function = True  # SiLU(P_0) = SiLU(1)
 
-    def expand_backward(self, t: torch.Tensor, grad_out: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def constant_value(self, dtype: torch.dtype) -> float:
+        # In the layer's dtype, so that it equals F.silu(ones) bit for bit.
+        return F.silu(torch.ones((), dtype=dtype)).item()
+
+    def expand_into(self, t: torch.Tensor, out: torch.Tensor, skip_constant: bool = False) -> None:
+        groups, skip = out.shape[1], int(skip_constant)
+        if not skip:
+            out[:, :, 0].fill_(self.constant_value(t.dtype))
+        for i, p in enumerate(self._polys(t)[1:], start=1):
+            torch.ops.aten.silu.out(p.unflatten(1, (groups, -1)), out=out[:, :, i - skip])
+
+    def expand_backward(
+        self, t: torch.Tensor, grad_out: torch.Tensor, skip_constant: bool = False
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Reverse pass of P_i = t P_{i-1} - b_i P_{i-2}: with a_i = dL/dP_i (all paths),
         a_{i-1} += t a_i, a_{i-2} -= b_i a_i, dL/dt += a_i P_{i-1}, dL/db_i = -sum(a_i P_{i-2})."""
         polys, betas, d = self._polys(t), self._betas(), self.degree
-        groups = grad_out.shape[1]
+        groups, skip = grad_out.shape[1], int(skip_constant)
         grad_w = torch.zeros_like(self.beta_weights)
         if d == 0:
             return torch.zeros_like(t), {"beta_weights": grad_w}
         adj: List = [None] + [
-            torch.ops.aten.silu_backward(grad_out[:, :, i], polys[i].unflatten(1, (groups, -1))).flatten(1, 2)
+            torch.ops.aten.silu_backward(grad_out[:, :, i - skip], polys[i].unflatten(1, (groups, -1))).flatten(1, 2)
             for i in range(1, d + 1)
         ]
         grad_t = None

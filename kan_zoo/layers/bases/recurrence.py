@@ -39,7 +39,8 @@ class ThreeTermRecurrenceBasis(Basis):
         # Out of place so autograd can differentiate it; unit and zero coefficients are skipped so
         # e.g. Chebyshev's 2 t T_{i-1} - T_{i-2} rounds exactly as the reference formula.
         polys = [torch.ones_like(t)]
-        for i, (a, g, c) in enumerate(self.coefficients(), start=1):
+        # coefficients() lists P_1's even at degree 0, where the basis is P_0 alone.
+        for i, (a, g, c) in enumerate(self.coefficients()[: self.degree], start=1):
             p = t * a if a != 1 else t
             p = p + g if g else p
             if i >= 2:
@@ -65,20 +66,29 @@ class ThreeTermRecurrenceBasis(Basis):
             polys.append(p)
         return polys
 
-    def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
-        groups = out.shape[1]
-        out[:, :, 0].fill_(1)
-        for i, p in enumerate(self._polys(t)[1:], start=1):
-            out[:, :, i].copy_(p.unflatten(1, (groups, -1)))
+    has_constant_function = True  # P_0 = 1
 
-    def expand_backward(self, t: torch.Tensor, grad_out: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def constant_value(self, dtype: torch.dtype) -> float:
+        return 1.0
+
+    def expand_into(self, t: torch.Tensor, out: torch.Tensor, skip_constant: bool = False) -> None:
+        groups, skip = out.shape[1], int(skip_constant)
+        if not skip:
+            out[:, :, 0].fill_(1)
+        for i, p in enumerate(self._polys(t)[1:], start=1):
+            out[:, :, i - skip].copy_(p.unflatten(1, (groups, -1)))
+
+    def expand_backward(
+        self, t: torch.Tensor, grad_out: torch.Tensor, skip_constant: bool = False
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """With adj_i = dL/dP_i over all paths: adj_{i-1} += (a_i t + g_i) adj_i, adj_{i-2} -= c_i adj_i,
-        dL/dt += a_i adj_i P_{i-1}; the slices of grad_out are read, never written."""
+        dL/dt += a_i adj_i P_{i-1}; the slices of grad_out are read, never written (adj_0 is never needed)."""
         if self.degree == 0:
             return torch.zeros_like(t), {}
         coeffs = self.coefficients()
         polys = self._polys(t)
-        adj: List[torch.Tensor] = [grad_out[:, :, i].reshape(t.shape) for i in range(self.degree + 1)]
+        skip = int(skip_constant)
+        adj: List = [None] + [grad_out[:, :, i - skip].reshape(t.shape) for i in range(1, self.degree + 1)]
         fresh = [False] * (self.degree + 1)  # adj[i] is our own tensor (may be updated in place)
         grad_t: Optional[torch.Tensor] = None
         for i in range(self.degree, 1, -1):
