@@ -97,10 +97,13 @@ class ExpandConvFunction(torch.autograd.Function):
         )
         if need_w and skip:
             grad_w = constant_weight_grad(layer, grad_y, u, summed, grad_w)
+        # The function values (kept or rebuilt), for a basis whose backward reads them instead of recomputing.
+        kept = stacked if layer.basis.backward_reads_functions else None
         del stacked
         grads: List[Optional[torch.Tensor]] = [None] * (3 + len(params))  # x, u, params
         if need_basis:
-            grads = _basis_backward(ctx, layer, x, u, mask, params, grad_stacked, need_x, need_u, need_params, skip)
+            grads = _basis_backward(ctx, layer, x, u, mask, params, grad_stacked, need_x, need_u, need_params, skip,
+                                    kept)
         grad_x, grad_u, *grad_params = grads
         if ctx.x_is_u:
             grad_x, grad_u = grad_x, None
@@ -137,7 +140,8 @@ def grads_where_needed(
     return [next(found) if want else None for want in wanted]
 
 
-def _basis_backward(ctx, layer, x, u, mask, params, grad_stacked, need_x, need_u, need_params, skip: bool) -> list:
+def _basis_backward(ctx, layer, x, u, mask, params, grad_stacked, need_x, need_u, need_params, skip: bool,
+                    stacked: Optional[torch.Tensor] = None) -> list:
     """Gradients of (x, u, *params) given the gradient of the stacked basis (without the constant
     function where ``skip``), by re-running the basis under autograd with the stacked gradient split
     back into one gradient per function."""
@@ -146,7 +150,7 @@ def _basis_backward(ctx, layer, x, u, mask, params, grad_stacked, need_x, need_u
         ud = xd if ctx.x_is_u else (u.detach().requires_grad_(need_u) if u is not None else None)
         pd = [p.detach().requires_grad_(need) for p, need in zip(params, need_params)]
         by_name = dict(zip(ctx.param_names, pd))
-        fast = _basis_backward_by_hand(layer, xd, ud, mask, by_name, grad_stacked, skip)
+        fast = _basis_backward_by_hand(layer, xd, ud, mask, by_name, grad_stacked, skip, stacked)
         if fast is not None:
             return fast
         with swap_parameters(layer.basis, by_name):
@@ -163,16 +167,19 @@ def _basis_backward(ctx, layer, x, u, mask, params, grad_stacked, need_x, need_u
 
 
 def _basis_backward_by_hand(layer, xd, ud, mask, params: Dict[str, torch.Tensor], grad_stacked,
-                            skip: bool) -> Optional[list]:
+                            skip: bool, stacked: Optional[torch.Tensor] = None) -> Optional[list]:
     """Like _basis_backward, with the basis's own expand_backward for the functions; autograd only
-    differentiates the one-op prepare (e.g. tanh) and the base activation. None if the basis has none."""
+    differentiates the one-op prepare (e.g. tanh) and the base activation. None if the basis has none.
+    ``stacked``: the stacked tensor the conv ran on, for a basis whose backward reads its function values."""
     first = int(xd is not None)  # the fused node passes x only when the base branch is folded in
     t = layer.basis.prepare(ud)
     if mask is not None:
         t = t * mask
-    g = grad_stacked.unflatten(1, (layer.groups, first + layer.basis.num_functions - int(skip), -1))
+    layout = (layer.groups, first + layer.basis.num_functions - int(skip), -1)
+    g = grad_stacked.unflatten(1, layout)
+    functions = stacked.unflatten(1, layout)[:, :, first:] if stacked is not None else None
     with torch.no_grad(), swap_parameters(layer.basis, params):
-        result = _expand_backward_by_chunks(layer.basis, t.detach(), g[:, :, first:], skip)
+        result = _expand_backward_by_chunks(layer.basis, t.detach(), g[:, :, first:], skip, functions)
     if result is None:
         return None
     grad_t, param_grads = result
@@ -188,16 +195,21 @@ def _basis_backward_by_hand(layer, xd, ud, mask, params: Dict[str, torch.Tensor]
     return result_grads
 
 
-def _expand_backward_by_chunks(basis, t: torch.Tensor, grad_out: torch.Tensor, skip: bool) -> Optional[tuple]:
+def _expand_backward_by_chunks(basis, t: torch.Tensor, grad_out: torch.Tensor, skip: bool,
+                               functions: Optional[torch.Tensor] = None) -> Optional[tuple]:
     """``basis.expand_backward`` a piece of the batch at a time (helpers.batch_chunks: the temporaries
     stay in cache); parameter gradients are summed over the pieces."""
     options = {"skip_constant": True} if skip else {}
     chunks = batch_chunks(t)
     if len(chunks) == 1:
+        if functions is not None:
+            options["functions"] = functions
         return basis.expand_backward(t, grad_out, **options)
     grad_t = torch.empty_like(t)
     param_grads: Dict[str, torch.Tensor] = {}
     for chunk in chunks:
+        if functions is not None:
+            options["functions"] = take(functions, chunk, channel_dims=3)
         result = basis.expand_backward(take(t, chunk), take(grad_out, chunk, channel_dims=3), **options)
         if result is None:
             return None

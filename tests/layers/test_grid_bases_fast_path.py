@@ -100,9 +100,9 @@ def test_layer_gradcheck_through_fused_node(basis_name, options, memory_efficien
     calls = []
     fast = type(layer.basis).expand_backward
 
-    def counted(self, t, grad_out):
-        calls.append(1)
-        return fast(self, t, grad_out)
+    def counted(self, t, grad_out, **options):
+        calls.append(options)
+        return fast(self, t, grad_out, **options)
 
     monkeypatch.setattr(type(layer.basis), "expand_backward", counted)
     names = [n for n, p in layer.named_parameters() if p.requires_grad]
@@ -116,6 +116,8 @@ def test_layer_gradcheck_through_fused_node(basis_name, options, memory_efficien
     assert any("ExpandConv" in type(node).__name__ for node in _graph_nodes(y.grad_fn))
     assert torch.autograd.gradcheck(run, (x,) + params, eps=1e-6, atol=1e-5, rtol=1e-4)
     assert calls, "the backward did not go through expand_backward"
+    if layer.basis.backward_reads_functions:  # given the Gaussians the conv ran on instead of recomputing them
+        assert all(options.get("functions") is not None for options in calls)
 
 
 def _graph_nodes(root) -> list:
@@ -158,3 +160,15 @@ def test_bernstein_degree_0_is_ones_with_no_gradient():
     assert torch.equal(out, torch.ones_like(out))
     grad_t, grads = basis.expand_backward(t, torch.randn_like(out))
     assert torch.equal(grad_t, torch.zeros_like(t)) and grads == {}
+
+
+def test_rbf_backward_from_the_forward_values_equals_recomputing():
+    torch.manual_seed(3)
+    basis = BASES["rbf"](4, grid_size=6).double()
+    t = _sample([2, 4, 5, 3])
+    values = torch.empty((2, 2, 6, 2, 5, 3), dtype=torch.float64)
+    basis.expand_into(t, values)
+    grad_out = torch.randn_like(values)
+    recomputed, _ = basis.expand_backward(t, grad_out)
+    read, _ = basis.expand_backward(t, grad_out, functions=values)
+    torch.testing.assert_close(read, recomputed, rtol=1e-14, atol=1e-14)

@@ -77,6 +77,9 @@ class Basis(nn.Module):
     # Where function 0 is one constant everywhere (P_0 = 1 of the polynomial bases): the fused node then
     # leaves it out of the stacked tensor and adds its convolution in closed form (constant_value).
     has_constant_function: ClassVar[bool] = False
+    # Where expand_backward can use the forward's function values (``functions``) instead of recomputing
+    # them: the fused node passes them when it kept the stacked tensor (default mode).
+    backward_reads_functions: ClassVar[bool] = False
 
     def __init__(self, channels: int, degree: int) -> None:
         super().__init__()

@@ -54,15 +54,23 @@ class RBFBasis(Basis):
             z = torch.sub(tv, mu, out=out[:, :, i]).mul_(inv_width)
             z.mul_(z).neg_().exp_()  # exp(-(z * z)), the same roundings as expand
 
-    def expand_backward(self, t: torch.Tensor, grad_out: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """d/dt exp(-z_i^2) = -2 z_i inv_width exp(-z_i^2); centres and width are buffers (no gradient)."""
+    backward_reads_functions = True  # the Gaussians themselves: no exp in backward where they were kept
+
+    def expand_backward(
+        self, t: torch.Tensor, grad_out: torch.Tensor, functions: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """d/dt exp(-z_i^2) = -2 z_i inv_width exp(-z_i^2); centres and width are buffers (no gradient).
+        ``functions``: the forward's exp(-z_i^2) in grad_out's layout, else recomputed."""
         tv = t.unflatten(1, (grad_out.shape[1], -1))
         inv_width = self.host_values("inv_width", t.dtype)[0]
         grad_t = torch.zeros_like(tv)
         z, e = torch.empty_like(tv), torch.empty_like(tv)
         for i, mu in enumerate(self.host_values("grid", t.dtype)):
             torch.sub(tv, mu, out=z).mul_(inv_width)
-            torch.mul(z, z, out=e).neg_().exp_().mul_(z)
+            if functions is None:
+                torch.mul(z, z, out=e).neg_().exp_().mul_(z)
+            else:
+                torch.mul(functions[:, :, i], z, out=e)
             grad_t.addcmul_(e, grad_out[:, :, i])
         return grad_t.mul_(-2.0 * inv_width).flatten(1, 2), {}
 
