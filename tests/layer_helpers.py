@@ -4,7 +4,7 @@ and a copy of a layer that takes the plain autograd path.
 Import as ``from layer_helpers import ...`` (pytest puts ``tests/`` on sys.path).
 """
 import copy
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -38,6 +38,21 @@ def run_with_grads(layer: nn.Module, x: torch.Tensor, seed: int = 0) -> Tuple[to
     grads = {name: p.grad for name, p in layer.named_parameters() if p.grad is not None}
     grads["input"] = x.grad
     return y.detach(), grads
+
+
+Results = Tuple[torch.Tensor, Dict[str, torch.Tensor]]  # what run_with_grads returns
+
+
+def assert_same_results(a: Results, b: Results, rtol: float, atol: float, grad_rtol: Optional[float] = None,
+                        grad_atol: Optional[float] = None) -> None:
+    """Two run_with_grads results agree: the outputs, which gradients exist, and each gradient
+    (at grad_rtol / grad_atol, by default the outputs' tolerances)."""
+    (ya, ga), (yb, gb) = a, b
+    torch.testing.assert_close(ya, yb, rtol=rtol, atol=atol)
+    assert ga.keys() == gb.keys()
+    for name in ga:
+        torch.testing.assert_close(ga[name], gb[name], rtol=rtol if grad_rtol is None else grad_rtol,
+                                   atol=atol if grad_atol is None else grad_atol, msg=name)
 
 
 def plain_autograd_copy(layer: nn.Module) -> nn.Module:

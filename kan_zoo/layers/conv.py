@@ -201,6 +201,7 @@ class KANConvNd(nn.Module):
         g, first = self.groups, int(x is not None)
         functions = self.basis.num_functions - int(skip_constant)
         out = u.new_empty((u.shape[0], g, first + functions, u.shape[1] // g) + u.shape[2:])
+        options = {"skip_constant": True} if skip_constant else {}  # only bases with a constant take it
         for chunk in batch_chunks(u):
             stack = take(out, chunk, channel_dims=3)  # (n, G, F, C / G, *spatial)
             t = self.basis.prepare(take(u, chunk))
@@ -211,10 +212,7 @@ class KANConvNd(nn.Module):
                     torch.ops.aten.silu.out(take(x, chunk).unflatten(1, (g, -1)), out=stack[:, :, 0])
                 else:
                     stack[:, :, 0].copy_(self.basis.base(take(x, chunk)).unflatten(1, (g, -1)))
-            if skip_constant:
-                self.basis.expand_into(t, stack[:, :, first:], skip_constant=True)
-            else:
-                self.basis.expand_into(t, stack[:, :, first:])
+            self.basis.expand_into(t, stack[:, :, first:], **options)
         return out.flatten(1, 3)
 
     # -- the constant function (P_0 = 1): the fast paths leave it out of the stacked tensor and add its

@@ -72,7 +72,7 @@ class ExpandConvFunction(torch.autograd.Function):
         ctx.layer = layer
         ctx.x_is_u = x is u
         ctx.param_names = [name for name, _ in layer.basis.named_parameters()]
-        ctx.save_for_backward(x, None if x is u else u, mask, weight, stacked if keep_basis else None, *params)
+        ctx.save_for_backward(x, None if x is u else u, mask, weight, stacked, *params)  # stacked: None unless kept
         return y
 
     @staticmethod
@@ -200,10 +200,10 @@ def _expand_backward_by_chunks(basis, t: torch.Tensor, grad_out: torch.Tensor, s
     """``basis.expand_backward`` a piece of the batch at a time (helpers.batch_chunks: the temporaries
     stay in cache); parameter gradients are summed over the pieces."""
     options = {"skip_constant": True} if skip else {}
+    if functions is not None:
+        options["functions"] = functions
     chunks = batch_chunks(t)
     if len(chunks) == 1:
-        if functions is not None:
-            options["functions"] = functions
         return basis.expand_backward(t, grad_out, **options)
     grad_t = torch.empty_like(t)
     param_grads: Dict[str, torch.Tensor] = {}

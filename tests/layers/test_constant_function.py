@@ -1,23 +1,20 @@
 """The fast paths leave a constant basis function (P_0 = 1, gram's SiLU(P_0)) out of the stacked tensor
 and add its share of the convolution in closed form: same outputs and gradients as the plain path
 (float64, so any slip in the closed form shows), in every conv geometry, and one function less kept."""
+import functools
+
 import pytest
 import torch
 
 from kan_zoo.layers import BASES, BottleneckKANConv2d, KANConv1d, KANConv2d, KANConv3d
-from layer_helpers import plain_autograd_copy, run_with_grads, saved_bytes
+from layer_helpers import assert_same_results, plain_autograd_copy, run_with_grads, saved_bytes
 
 CONSTANT_BASES = [name for name, cls in BASES.items() if cls.separable and cls.has_constant_function]
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def _assert_close(a, b) -> None:
-    (ya, ga), (yb, gb) = a, b
-    torch.testing.assert_close(ya, yb, rtol=1e-10, atol=1e-10)
-    assert ga.keys() == gb.keys()
-    for name in ga:
-        torch.testing.assert_close(ga[name], gb[name], rtol=1e-9, atol=1e-10, msg=name)
+_assert_close = functools.partial(assert_same_results, rtol=1e-10, atol=1e-10, grad_rtol=1e-9)
 
 
 def test_the_polynomial_bases_have_one():

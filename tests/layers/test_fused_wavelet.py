@@ -8,7 +8,8 @@ import torch
 from kan_zoo.layers import KANConv1d, KANConv2d, KANConv3d
 from kan_zoo.layers import fused_wavelet
 from kan_zoo.layers.bases.wavelet import WAVELETS
-from layer_helpers import gradient_penalty_grads, plain_autograd_copy, run_with_grads, saved_bytes
+from layer_helpers import (assert_same_results, gradient_penalty_grads, plain_autograd_copy, run_with_grads,
+                           saved_bytes)
 
 CONVS = {1: KANConv1d, 2: KANConv2d, 3: KANConv3d}
 GEOMETRIES = [
@@ -48,9 +49,7 @@ def _assert_paths_agree(layer, x):
     y_ref, grads_ref = run_with_grads(plain_autograd_copy(layer), x)
     every = {name for name, _ in layer.named_parameters()} | {"input"}
     assert set(grads) == set(grads_ref) == every
-    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
-    for name, grad in grads_ref.items():
-        torch.testing.assert_close(grads[name], grad, rtol=1e-10, atol=1e-12, msg=name)
+    assert_same_results((y, grads), (y_ref, grads_ref), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("ndim", [1, 2, 3])

@@ -1,5 +1,6 @@
 """Memory-efficient mode and the fused expand+conv node: same numbers, less kept for backward, no growth."""
 import copy
+import functools
 import gc
 
 import pytest
@@ -7,7 +8,8 @@ import torch
 from torch import nn
 
 from kan_zoo.layers import BASES, BottleneckKANConv2d, KANConv2d, KANLinear, set_memory_efficient
-from layer_helpers import gradient_penalty_grads, plain_autograd_copy, run_with_grads, saved_bytes
+from layer_helpers import (assert_same_results, gradient_penalty_grads, plain_autograd_copy, run_with_grads,
+                           saved_bytes)
 
 BOTTLENECK_BASES = [b for b, cls in BASES.items() if cls.separable and not cls.normalizes_input]
 
@@ -15,12 +17,7 @@ BOTTLENECK_BASES = [b for b, cls in BASES.items() if cls.separable and not cls.n
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def _assert_same(a, b) -> None:
-    (ya, ga), (yb, gb) = a, b
-    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-6)
-    assert ga.keys() == gb.keys()
-    for name in ga:
-        torch.testing.assert_close(ga[name], gb[name], rtol=1e-4, atol=1e-5, msg=name)
+_assert_same = functools.partial(assert_same_results, rtol=1e-5, atol=1e-6, grad_rtol=1e-4, grad_atol=1e-5)
 
 
 def _layers():
