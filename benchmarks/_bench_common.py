@@ -62,24 +62,37 @@ def check_device(device: str) -> None:
 
 REUSE_CPU_MEMORY_HELP = ("workers keep freed CPU memory for reuse (kan_zoo.reuse_cpu_memory: glibc mallopt), so steps "
                          "stop paying page faults for fresh activations; default: the C library's own policy")
+CPU_KERNELS_HELP = ("workers use the compiled CPU basis kernels (kan_zoo.layers.set_cpu_kernels_enabled: torch.compile "
+                    "of the basis expansion alone, where a basis has one; compiled in the warm-up steps)")
 
 
-def add_cpu_memory_flag(ap: argparse.ArgumentParser) -> None:
+def add_cpu_flags(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--reuse-cpu-memory", action="store_true", help=REUSE_CPU_MEMORY_HELP)
+    ap.add_argument("--cpu-kernels", action="store_true", help=CPU_KERNELS_HELP)
 
 
-def cpu_memory_args(args: argparse.Namespace) -> List[str]:
-    """The flag again, for a worker's command line."""
-    return ["--reuse-cpu-memory"] if args.reuse_cpu_memory else []
+def cpu_flag_args(args: argparse.Namespace) -> List[str]:
+    """The flags again, for a worker's command line."""
+    return (["--reuse-cpu-memory"] if args.reuse_cpu_memory else []) + (["--cpu-kernels"] if args.cpu_kernels else [])
 
 
-def apply_cpu_memory_flag(args: argparse.Namespace) -> None:
-    """In a worker, before any tensor is made: switch the allocator policy the flag asks for."""
+def cpu_flags_note(args: argparse.Namespace) -> str:
+    """The flags in words, for a table's header line."""
+    return (("; freed CPU memory reused" if args.reuse_cpu_memory else "")
+            + ("; compiled CPU basis kernels" if args.cpu_kernels else ""))
+
+
+def apply_cpu_flags(args: argparse.Namespace) -> None:
+    """In a worker, before any tensor is made: switch the allocator policy and kernels the flags ask for."""
     if args.reuse_cpu_memory:
         from kan_zoo.cpu_memory import reuse_cpu_memory
 
         if not reuse_cpu_memory():
             raise SystemExit("--reuse-cpu-memory needs Linux with glibc")
+    if args.cpu_kernels:
+        from kan_zoo.layers import set_cpu_kernels_enabled
+
+        set_cpu_kernels_enabled(True)
 
 
 def last_error(stderr: str) -> str:

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
 
 import torch
-from _bench_common import (add_cpu_memory_flag, apply_cpu_memory_flag, autocast, check_device, cpu_memory_args,
+from _bench_common import (add_cpu_flags, apply_cpu_flags, autocast, check_device, cpu_flag_args, cpu_flags_note,
                            cuda_peak_bytes, interrupt_on_sigterm, run_worker, sync, timed, warmup_steps)
 from torch import nn
 
@@ -427,7 +427,7 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true", help="bf16 autocast for every forward (cuda only)")
     ap.add_argument("--child-timeout", type=float, default=0,
                     help="seconds before a case's worker process is killed and its row marked failed (0: none)")
-    add_cpu_memory_flag(ap)
+    add_cpu_flags(ap)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--rss-variant", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -438,7 +438,7 @@ def main() -> None:
     shape = QUICK if args.quick else FULL
 
     if args.worker:
-        apply_cpu_memory_flag(args)
+        apply_cpu_flags(args)
         worker_main(args, shape)
         return
 
@@ -448,11 +448,11 @@ def main() -> None:
         ap.error(f"unknown cases {unknown}; choose from {list(CASES)}")
     cuda = args.device == "cuda"
     common = (["--threads", str(args.threads), "--device", args.device] + (["--quick"] if args.quick else [])
-              + (["--amp"] if args.amp else []) + cpu_memory_args(args))
+              + (["--amp"] if args.amp else []) + cpu_flag_args(args))
     print(f"# bench_layers: N={shape.n}, {shape.channels}->{shape.channels} ch, {shape.size}x{shape.size}, "
           f"{shape.kernel}x{shape.kernel}, {device_summary(torch.device(args.device), args.threads, args.amp)}, "
           f"torch {torch.__version__}; {args.repeats} interleaved rounds x {args.iters} steps, medians; "
-          f"one fresh process per case" + ("; freed CPU memory reused" if args.reuse_cpu_memory else ""), flush=True)
+          f"one fresh process per case" + cpu_flags_note(args), flush=True)
     rows: List[List[str]] = []
     interrupt_on_sigterm()
     try:

@@ -38,7 +38,7 @@ import sys
 from typing import Callable, Dict, List, Optional
 
 import torch
-from _bench_common import (add_cpu_memory_flag, apply_cpu_memory_flag, autocast, check_device, cpu_memory_args,
+from _bench_common import (add_cpu_flags, apply_cpu_flags, autocast, check_device, cpu_flag_args, cpu_flags_note,
                            cuda_peak_bytes, interrupt_on_sigterm, run_worker, timed, warmup_steps)
 
 MODELS = ("resnet18", "kan_vgg11_gram", "kan_vgg11_bottleneck_gram", "kan_resnet18_gram")
@@ -186,7 +186,7 @@ def describe(args: argparse.Namespace) -> str:
     if args.device != "cuda":
         return (f"# bench_models: CPU, {args.threads} threads, torch {torch.__version__}; inference batch {args.batch} "
                 f"at {args.size} px; one training step (SGD) at batch {args.train_batch}; fresh process per row"
-                + ("; freed CPU memory reused" if args.reuse_cpu_memory else ""))
+                + cpu_flags_note(args))
     return (f"# bench_models: cuda {torch.cuda.get_device_name()}, torch {torch.__version__}, amp (bf16 autocast) "
             f"{'on' if args.amp else 'off'}, Triton kernels {args.triton}; inference batch {args.batch} at {args.size} "
             f"px, "
@@ -205,7 +205,7 @@ def measure_model(name: str, tritons: List[Optional[str]], args: argparse.Namesp
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--mode", mode, "--size",
                    str(args.size), "--batch", str(args.batch), "--train-batch", str(args.train_batch), "--iters",
                    str(args.iters), "--threads", str(args.threads), "--device", args.device]
-            cmd += (["--amp"] if args.amp else []) + (["--triton", triton] if triton else []) + cpu_memory_args(args)
+            cmd += (["--amp"] if args.amp else []) + (["--triton", triton] if triton else []) + cpu_flag_args(args)
             label = f"{name} ({mode}{', triton ' + triton if triton else ''})"
             r = run_child(cmd, args.child_timeout)
             if "skip" in r:
@@ -236,7 +236,7 @@ def main() -> None:
                          "(cuda only; default both, or off under KAN_ZOO_TRITON=0)")
     ap.add_argument("--child-timeout", type=float, default=0,
                     help="seconds before a row's worker process is killed and the row marked failed (0: none)")
-    add_cpu_memory_flag(ap)
+    add_cpu_flags(ap)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--mode", default="default", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -248,7 +248,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     if args.worker:
-        apply_cpu_memory_flag(args)
+        apply_cpu_flags(args)
         try:
             print(json.dumps(worker(args.worker, args.mode, args)))
         except LookupError as e:

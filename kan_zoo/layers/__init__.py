@@ -2,6 +2,7 @@
 from .activation import KANActivation
 from .bases import BASES, Basis, get_basis_class, register_basis
 from .bottleneck import BottleneckKANConv1d, BottleneckKANConv2d, BottleneckKANConv3d, BottleneckKANConvNd
+from .cpu_kernels import cpu_kernels_enabled, set_cpu_kernels_enabled
 from .conv import KANConv1d, KANConv2d, KANConv3d, KANConvNd
 from .fused import set_memory_efficient
 from .helpers import GroupPReLU
@@ -12,4 +13,5 @@ __all__ = [
     "BASES", "Basis", "get_basis_class", "register_basis", "KANConvNd", "KANConv1d", "KANConv2d", "KANConv3d",
     "BottleneckKANConvNd", "BottleneckKANConv1d", "BottleneckKANConv2d", "BottleneckKANConv3d", "KANLinear",
     "GroupPReLU", "set_memory_efficient", "KANActivation", "set_triton_enabled", "triton_enabled",
+    "set_cpu_kernels_enabled", "cpu_kernels_enabled",
 ]

@@ -23,6 +23,7 @@ from .triton_basis import triton_applies
 from .helpers import (
     CONV_FNS,
     NormSpec,
+    WHOLE,
     batch_chunks,
     check_channels,
     check_input,
@@ -202,7 +203,7 @@ class KANConvNd(nn.Module):
         functions = self.basis.num_functions - int(skip_constant)
         out = u.new_empty((u.shape[0], g, first + functions, u.shape[1] // g) + u.shape[2:])
         options = {"skip_constant": True} if skip_constant else {}  # only bases with a constant take it
-        for chunk in batch_chunks(u):
+        for chunk in batch_chunks(u) if self.basis.expands_in_pieces(u) else [WHOLE]:
             stack = take(out, chunk, channel_dims=3)  # (n, G, F, C / G, *spatial)
             t = self.basis.prepare(take(u, chunk))
             if mask is not None:

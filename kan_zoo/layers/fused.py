@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .constant_function import constant_weight_grad, split_constant
-from .helpers import batch_chunks, take
+from .helpers import WHOLE, batch_chunks, take
 
 __all__ = ["ExpandConvFunction", "grads_where_needed", "numeric_padding", "swap_parameters", "set_memory_efficient"]
 
@@ -202,7 +202,7 @@ def _expand_backward_by_chunks(basis, t: torch.Tensor, grad_out: torch.Tensor, s
     options = {"skip_constant": True} if skip else {}
     if functions is not None:
         options["functions"] = functions
-    chunks = batch_chunks(t)
+    chunks = batch_chunks(t) if basis.expands_in_pieces(t) else [WHOLE]
     if len(chunks) == 1:
         return basis.expand_backward(t, grad_out, **options)
     grad_t = torch.empty_like(t)

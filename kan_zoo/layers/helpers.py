@@ -84,6 +84,7 @@ CHUNK_ELEMENTS = 1 << 18
 
 # A chunk: (batch slice, slice of the first spatial dimension).
 Chunk = Tuple[slice, slice]
+WHOLE: Chunk = (slice(None), slice(None))
 
 
 def batch_chunks(x: torch.Tensor, budget: Optional[int] = None) -> List[Chunk]:
@@ -93,7 +94,7 @@ def batch_chunks(x: torch.Tensor, budget: Optional[int] = None) -> List[Chunk]:
     budget = CHUNK_ELEMENTS if budget is None else budget
     everything = slice(None)
     if x.device.type != "cpu" or x.shape[0] == 0 or x.numel() <= budget:
-        return [(everything, everything)]
+        return [WHOLE]
     per_sample = x[0].numel()
     if per_sample <= budget or x.dim() < 3:
         rows = max(1, budget // max(1, per_sample))

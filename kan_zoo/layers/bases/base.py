@@ -119,6 +119,12 @@ class Basis(nn.Module):
         for k, function in enumerate(functions):
             out[:, :, k].copy_(function.unflatten(1, (out.shape[1], -1)))
 
+    def expands_in_pieces(self, t: torch.Tensor) -> bool:
+        """Whether the fast paths should run expand_into / expand_backward on ``t`` a piece of the batch at
+        a time (helpers.batch_chunks: eager temporaries stay in cache); False where the basis runs a
+        compiled kernel that keeps none (kan_zoo.layers.cpu_kernels)."""
+        return True
+
     def expand_backward(
         self, t: torch.Tensor, grad_out: torch.Tensor, skip_constant: bool = False
     ) -> Optional[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]:
