@@ -30,12 +30,14 @@ def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
 
 def run_with_grads(layer: nn.Module, x: torch.Tensor, seed: int = 0) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """Output, and gradients of the input ("input") and every parameter that got one, for a fixed
-    upstream gradient (a ramp in the output's dtype)."""
+    upstream gradient (a ramp in the output's dtype). Gradients start from none and are returned as
+    copies, so that runs of the same layer can be compared."""
+    layer.zero_grad(set_to_none=True)
     x = x.detach().requires_grad_(True)
     torch.manual_seed(seed)  # same dropout masks in every mode
     y = layer(x)
     y.backward(torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape))
-    grads = {name: p.grad for name, p in layer.named_parameters() if p.grad is not None}
+    grads = {name: p.grad.clone() for name, p in layer.named_parameters() if p.grad is not None}
     grads["input"] = x.grad
     return y.detach(), grads
 

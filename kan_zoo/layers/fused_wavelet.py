@@ -25,9 +25,13 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from . import cpu_kernels
 from .fused import grads_where_needed
 
-__all__ = ["WaveletConvFunction", "wavelet_conv"]
+__all__ = ["WaveletConvFunction", "wavelet_conv", "ChunkFunction"]
+
+# (z, with_derivative) -> (psi(z), psi'(z) or None) for one chunk: a wavelet's closed forms.
+ChunkFunction = Callable[[torch.Tensor, bool], Tuple[torch.Tensor, Optional[torch.Tensor]]]
 
 # Elements of one chunk of z (and of each temporary like it). CPU: 2 MiB per temporary keeps a
 # chunk's passes in cache and amortises the per-op overhead (64 -> 64 channels, 56x56, batch 8 on
@@ -144,15 +148,41 @@ class WaveletConvFunction(torch.autograd.Function):
         return (None, *grads)
 
 
-def _chunked_z(layer, t, inv_scale, shift, compute: torch.dtype) -> Iterator[Tuple[int, slice, slice, torch.Tensor]]:
-    """(group, outputs, positions, z) for every chunk, z = x / s - tau / s as (outputs, c, positions)
-    in the compute dtype."""
-    out_channels, c = inv_scale.shape
+def _chunked_columns(layer, t) -> Iterator[Tuple[int, slice, slice, torch.Tensor]]:
+    """(group, outputs, positions, the group's input columns at those positions (c, positions)) for
+    every chunk."""
+    out_channels, c = layer.basis.scale.shape
     groups = layer.basis.groups
     columns = _columns(t)
     for g, o, p in _chunks(groups, out_channels // groups, c, columns.shape[1], _budget(t)):
-        z = torch.mul(columns[None, g * c:(g + 1) * c, p], inv_scale[o, :, None]).add_(shift[o, :, None])
-        yield g, o, p, z.to(compute)
+        yield g, o, p, columns[g * c:(g + 1) * c, p]
+
+
+def _z(columns: torch.Tensor, inv_scale: torch.Tensor, shift: torch.Tensor, compute: torch.dtype) -> torch.Tensor:
+    """z = x / s - tau / s for a chunk, as (outputs, c, positions) in the compute dtype."""
+    return torch.mul(columns[None], inv_scale[:, :, None]).add_(shift[:, :, None]).to(compute)
+
+
+def _psi_kernel(columns, inv_scale, shift, compute: torch.dtype, chunk_function: ChunkFunction) -> torch.Tensor:
+    """psi(z) of a chunk; compiled (kan_zoo.layers.cpu_kernels) into one pass: z never exists."""
+    return chunk_function(_z(columns, inv_scale, shift, compute), False)[0]
+
+
+def _psi_backward_kernel(columns, inv_scale, shift, grad_psi, compute: torch.dtype, chunk_function: ChunkFunction,
+                         need_columns: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """For a chunk: psi(z), and with dL/dz = dL/dpsi psi'(z): its sum and its sum times z over the
+    positions, and dL/dx = sum over the outputs of dL/dz / s (where needed). Compiled like _psi_kernel."""
+    z = _z(columns, inv_scale, shift, compute)
+    psi, derivative = chunk_function(z, True)
+    grad_z = grad_psi * derivative
+    grad_columns = (grad_z * inv_scale[:, :, None].to(compute)).sum(0) if need_columns else None
+    return psi, grad_z.sum(-1), (grad_z * z).sum(-1), grad_columns
+
+
+def _compiled_chunks(basis, t: torch.Tensor, compute: torch.dtype) -> bool:
+    """Whether the chunks run the compiled kernels: enabled, a closed-form wavelet, a float dtype."""
+    return (basis.chunk_function is not None and cpu_kernels.cpu_kernels_apply(t)
+            and compute in (torch.float32, torch.float64))
 
 
 def _forward(layer, t, scale, translation, weight, compute: torch.dtype, matmul: torch.dtype) -> torch.Tensor:
@@ -161,8 +191,13 @@ def _forward(layer, t, scale, translation, weight, compute: torch.dtype, matmul:
     inv_scale, shift = _affine(scale, translation)
     tap_weight = weight.flatten(2).transpose(1, 2).to(matmul).contiguous()  # (C_out, K, c)
     tap_maps = t.new_empty(out_channels, taps, t.numel() // t.shape[1], dtype=matmul)
-    for _, o, p, z in _chunked_z(layer, t, inv_scale, shift, compute):
-        tap_maps[o, :, p] = torch.bmm(tap_weight[o], _psi(layer.basis, z).to(matmul))
+    compiled = _compiled_chunks(layer.basis, t, compute)
+    for _, o, p, columns in _chunked_columns(layer, t):
+        done, psi = (cpu_kernels.run_compiled(_psi_kernel, columns, inv_scale[o], shift[o], compute,
+                                              layer.basis.chunk_function) if compiled else (False, None))
+        if not done:
+            psi = _psi(layer.basis, _z(columns, inv_scale[o], shift[o], compute))
+        tap_maps[o, :, p] = torch.bmm(tap_weight[o], psi.to(matmul))
     return _place_taps(layer, tap_maps.view(out_channels, taps, *t.shape[:1], *t.shape[2:]))
 
 
@@ -181,18 +216,30 @@ def _backward(layer, t, scale, translation, weight, grad_y, compute: torch.dtype
     grad_weight = torch.zeros(tap_weight.shape, dtype=compute, device=t.device)
     grad_shift_sum = torch.zeros(scale.shape, dtype=compute, device=t.device)  # sum over positions of dL/dz
     grad_z_times_z = torch.zeros_like(grad_shift_sum)  # sum over positions of dL/dz * z
-    for g, o, p, z in _chunked_z(layer, t, inv_scale, shift, compute):
+    compiled = _compiled_chunks(layer.basis, t, compute)
+    for g, o, p, columns in _chunked_columns(layer, t):
         grad_psi = torch.bmm(tap_weight[o], grad_taps[o, :, p]).to(compute)
-        psi, grad_z = _psi_and_grad_z(layer.basis, z, grad_psi)
+        done, result = (cpu_kernels.run_compiled(_psi_backward_kernel, columns, inv_scale[o], shift[o], grad_psi,
+                                                 compute, layer.basis.chunk_function, grad_columns is not None)
+                        if compiled else (False, None))
+        if done:
+            psi, grad_shift_part, grad_z_times_z_part, grad_columns_part = result
+        else:
+            z = _z(columns, inv_scale[o], shift[o], compute)
+            psi, grad_z = _psi_and_grad_z(layer.basis, z, grad_psi)
+            grad_shift_part, grad_z_times_z_part = grad_z.sum(-1), z.mul_(grad_z).sum(-1)
         grad_weight[o] += torch.bmm(psi.to(matmul), grad_taps[o, :, p].transpose(1, 2))
         del psi, grad_psi
-        grad_shift_sum[o] += grad_z.sum(-1)
-        grad_z_times_z[o] += z.mul_(grad_z).sum(-1)
+        grad_shift_sum[o] += grad_shift_part
+        grad_z_times_z[o] += grad_z_times_z_part
         # z = x / s - tau / s: the input gradient sums dL/dz / s over the group's outputs.
         if grad_columns is not None:
             rows = grad_columns[g * c:(g + 1) * c, p]
-            for grad_z_o, inv_scale_o in zip(grad_z, inv_scale[o, :, None]):  # one pass per output, no sum(0)
-                rows.addcmul_(grad_z_o, inv_scale_o)
+            if done:
+                rows += grad_columns_part
+            else:
+                for grad_z_o, inv_scale_o in zip(grad_z, inv_scale[o, :, None]):  # one pass per output, no sum(0)
+                    rows.addcmul_(grad_z_o, inv_scale_o)
     grad_t = None
     if grad_columns is not None:
         grad_t = grad_columns.view(t.shape[1], n, *spatial).transpose(0, 1).to(t.dtype).contiguous()

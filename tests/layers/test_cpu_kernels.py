@@ -187,3 +187,26 @@ def test_centered_terms_give_the_cardinal_bspline():
 
     assert beta(3, 0.0) == pytest.approx(2 / 3) and beta(3, 1.0) == pytest.approx(1 / 6) and beta(3, 2.0) == 0
     assert beta(2, 0.0) == pytest.approx(3 / 4) and beta(2, 0.5) == pytest.approx(1 / 2) and beta(2, 1.5) == 0
+
+
+@pytest.mark.parametrize("wavelet_type", ["mexican_hat", "morlet", "dog", "meyer"])
+def test_wavelet_chunks_with_kernels_equal_eager_chunks(wavelet_type, monkeypatch):
+    """The wavelet node's compiled chunk kernels (psi forward; psi, dL/dz sums and dL/dx backward) against
+    its eager chunks, in float64 over many chunks (one output per chunk, positions split); meyer has no
+    closed form and keeps the eager chunks."""
+    from kan_zoo.layers import fused_wavelet
+
+    monkeypatch.setitem(fused_wavelet._CHUNK_ELEMENTS, "cpu", 40)
+    layer = KANConv2d(4, 6, 3, padding=1, stride=2, groups=2, basis="wavelet", wavelet_type=wavelet_type).double()
+    with torch.no_grad():
+        layer.basis.scale.uniform_(0.5, 1.5)
+        layer.basis.translation.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64)
+    eager = run_with_grads(layer, x)
+    previous = set_cpu_kernels_enabled(True)
+    try:
+        assert fused_wavelet._compiled_chunks(layer.basis, x, torch.float64) == (wavelet_type != "meyer")
+        compiled = run_with_grads(layer, x)
+    finally:
+        set_cpu_kernels_enabled(previous)
+    assert_same_results(compiled, eager, rtol=1e-10, atol=1e-12)

@@ -7,7 +7,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..fused_wavelet import WaveletConvFunction, wavelet_conv
+from ..fused_wavelet import ChunkFunction, WaveletConvFunction, wavelet_conv
 from ..helpers import CONV_FNS
 from .base import Basis, register_basis
 
@@ -53,7 +53,6 @@ WAVELETS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 # psi(z) and, when asked, psi'(z) for one chunk of the fused node (kan_zoo.layers.fused_wavelet):
 # closed forms sharing the Gaussian factor, temporaries reused in place (a chunk's passes then stay
 # in cache). Wavelets missing here go through WAVELETS and autograd per chunk.
-ChunkFunction = Callable[[torch.Tensor, bool], Tuple[torch.Tensor, Optional[torch.Tensor]]]
 
 
 def _mexican_hat_chunk(z: torch.Tensor, with_derivative: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
