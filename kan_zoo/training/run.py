@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 import torch
 
 from ..cpu_memory import reuse_cpu_memory
+from ..layers import cpu_kernels_enabled, set_cpu_kernels_enabled
 from .aids import (GridRefresher, apply_grid_state, build_regularizers, freeze_backbone, group_summary,
                    optimizer_params, read_grid_state)
 from .checkpoint import CheckpointError, TrainState, list_checkpoints, load_checkpoint, resolve_resume
@@ -159,13 +160,21 @@ def _run_validation(ctx: LoopContext, val_loader: Any, streaming: bool) -> Dict[
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Runs training; returns the final metrics (and the export folder) on every process."""
+    args = parse_args(argv)
+    kernels_before = cpu_kernels_enabled()  # a process-wide switch: put back for whoever runs next
+    try:
+        return _run(args)
+    finally:
+        set_cpu_kernels_enabled(kernels_before)
+
+
+def _run(args: Any) -> Dict[str, Any]:
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
 
-    args = parse_args(argv)
     _preflight(args)
     out = Path(args.output)
     trackers = build_trackers(args.log_with, str(out / "logs"), "train")
@@ -181,6 +190,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise
     if acc.device.type == "cpu" and args.reuse_cpu_memory and reuse_cpu_memory():
         _log.info("reusing freed CPU memory (kan_zoo.reuse_cpu_memory)")
+    if acc.device.type == "cpu" and args.cpu_kernels:
+        set_cpu_kernels_enabled(True)
+        _log.info("compiled CPU basis kernels on (kan_zoo.layers.set_cpu_kernels_enabled)")
     set_seed(args.seed)  # identical initial weights on every process
 
     with acc.main_process_first():  # the main process downloads / builds the caches first

@@ -1,6 +1,7 @@
-"""The compiled CPU basis kernels (kan_zoo.layers.cpu_kernels): the bspline kernels against the eager
-Cox-de Boor fast path and autograd, where they apply and where they must not, and the fallback when
-compilation fails. Each (kernel, dtype, input rank) compiles once per process (a few seconds)."""
+"""The compiled CPU basis kernels (kan_zoo.layers.cpu_kernels): the bspline, relu and wavelet kernels
+against the eager fast paths (bspline's Cox-de Boor) and finite differences, where they apply and where
+they must not, and the fallback when compilation fails. Each (kernel, dtype, input rank) compiles once
+per process (a few seconds)."""
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ import torch
 from kan_zoo.grid import update_grid
 from kan_zoo.layers import KANConv1d, KANConv2d, cpu_kernels, set_cpu_kernels_enabled, set_memory_efficient
 from kan_zoo.layers.bases.bspline import BSplineBasis, centered_bspline_terms
+from kan_zoo.layers.bases.relu import ReLUBasis
 
 from layer_helpers import assert_same_results, run_with_grads
 
@@ -47,7 +49,7 @@ def _inputs(shape) -> torch.Tensor:
     return t
 
 
-def _eager_and_compiled(basis: BSplineBasis, t: torch.Tensor, groups: int, grad_out: torch.Tensor):
+def _eager_and_compiled(basis, t: torch.Tensor, groups: int, grad_out: torch.Tensor):
     n, c = t.shape[:2]
     shape = (n, groups, basis.num_functions, c // groups) + t.shape[2:]
     results = []
@@ -60,8 +62,7 @@ def _eager_and_compiled(basis: BSplineBasis, t: torch.Tensor, groups: int, grad_
                 grad_t, param_grads = basis.expand_backward(t, grad_out)
         finally:
             set_cpu_kernels_enabled(previous)
-        assert param_grads == {}
-        results.append((out, grad_t))
+        results.append((out, grad_t, param_grads))
     return results
 
 
@@ -70,13 +71,32 @@ def test_bspline_kernels_equal_cox_de_boor(degree):
     basis = _exact_basis(degree)
     t = _inputs((3, 4, 7, 5))
     grad_out = torch.randn(3, 2, basis.num_functions, 2, 7, 5, dtype=torch.float64)
-    (out, grad_t), (out_k, grad_k) = _eager_and_compiled(basis, t, 2, grad_out)
+    (out, grad_t, params), (out_k, grad_k, params_k) = _eager_and_compiled(basis, t, 2, grad_out)
+    assert params == params_k == {}
     torch.testing.assert_close(out_k, out, rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(grad_k, grad_t, rtol=1e-11, atol=1e-12)
     # The kernel's expansion sums to 1 inside the grid range (partition of unity), as B-splines do.
     inside = (t > -1) & (t < 1)
     sums = out_k.sum(2).flatten(1, 2)
     torch.testing.assert_close(sums[inside], torch.ones_like(sums[inside]), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("train_phases", [True, False])
+def test_relu_kernels_equal_the_eager_fast_path(train_phases):
+    basis = ReLUBasis(4, train_phases=train_phases).double()
+    with torch.no_grad():  # phases and scale of a trained, refitted layer: per-channel values
+        basis.phase_low.add_(torch.rand_like(basis.phase_low) * 0.1)
+        basis.phase_high.add_(torch.rand_like(basis.phase_high) * 0.1)
+        basis.scale.mul_(1.3)
+    t = torch.randn(3, 4, 7, 5, dtype=torch.float64)
+    grad_out = torch.randn(3, 2, basis.num_functions, 2, 7, 5, dtype=torch.float64)
+    (out, grad_t, params), (out_k, grad_k, params_k) = _eager_and_compiled(basis, t, 2, grad_out)
+    assert out.abs().sum() > 0 and not out.isnan().any()
+    torch.testing.assert_close(out_k, out, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(grad_k, grad_t, rtol=1e-11, atol=1e-12)
+    assert params_k.keys() == params.keys() == ({"phase_low", "phase_high"} if train_phases else set())
+    for name in params:
+        torch.testing.assert_close(params_k[name], params[name], rtol=1e-11, atol=1e-12)
 
 
 def test_bspline_kernel_backward_matches_finite_differences(kernels_on):
@@ -100,8 +120,9 @@ def test_bspline_kernel_backward_matches_finite_differences(kernels_on):
             assert abs(numeric.item() - grad_t.view(-1)[i].item()) < 1e-7
 
 
-def test_layer_with_kernels_equals_eager_layer_float32():
-    layer = KANConv2d(8, 6, 3, padding=1, basis="bspline", groups=2, dropout=0.1)
+@pytest.mark.parametrize("basis", ["bspline", "relu"])
+def test_layer_with_kernels_equals_eager_layer_float32(basis):
+    layer = KANConv2d(8, 6, 3, padding=1, basis=basis, groups=2, dropout=0.1)
     x = torch.randn(3, 8, 10, 9) * 1.2
     eager = run_with_grads(layer, x)
     previous = set_cpu_kernels_enabled(True)

@@ -145,3 +145,22 @@ def test_grid_flags_refused_where_they_cannot_work(tiny_folder, tmp_path):
     two_procs = Namespace(num_processes=2, gather=lambda t: t)
     with pytest.raises(ConfigError, match="--grid-grow replaces parameters"):
         GridRefresher(args, two_procs, timm.create_model("kan_test_vgg_rbf", num_classes=3))
+
+
+def test_cpu_kernels_flag_trains_like_the_eager_path_and_is_put_back(tiny_folder, tmp_path, monkeypatch):
+    from kan_zoo.layers import cpu_kernels, cpu_kernels_enabled
+
+    calls = []
+    compiled = cpu_kernels.run_compiled
+    monkeypatch.setattr(cpu_kernels, "run_compiled", lambda kernel, *a: calls.append(kernel) or compiled(kernel, *a))
+    losses = {}
+    for flag in ("--no-cpu-kernels", "--cpu-kernels"):
+        _reset()
+        out = tmp_path / flag
+        main(_args(tiny_folder, out, "kan_test_vgg_bspline", "--no-model-ema", "--epochs", "1", flag))
+        losses[flag] = [float(r["train/loss"]) for r in _train_rows(out)]
+        assert bool(calls) == (flag == "--cpu-kernels")
+        assert cpu_kernels_enabled() is False  # the run switched them back off
+    # closed-form B-splines against Cox-de Boor: the same training up to float rounding
+    assert len(losses["--cpu-kernels"]) == 6
+    assert losses["--cpu-kernels"] == pytest.approx(losses["--no-cpu-kernels"], rel=1e-4)

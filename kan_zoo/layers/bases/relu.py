@@ -6,7 +6,34 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .. import cpu_kernels
 from .base import Basis, register_basis, state_shape
+
+
+def _expand_kernel(t: torch.Tensor, out: torch.Tensor, low: torch.Tensor, high: torch.Tensor, scale: float) -> None:
+    """ReLUBasis.expand_into as one loop (compiled, kan_zoo.layers.cpu_kernels); the same roundings."""
+    tv = t.unflatten(1, (out.shape[1], -1))
+    functions = []
+    for i in range(out.shape[2]):
+        bell = torch.relu(tv - low[i]) * scale * torch.relu(high[i] - tv)
+        functions.append(bell * bell)
+    out.copy_(torch.stack(functions, 2))
+
+
+def _backward_kernel(t: torch.Tensor, grad_out: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+                     factor: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ReLUBasis.expand_backward's (dL/dt, dL/dphase_low, dL/dphase_high) as one compiled kernel."""
+    tv = t.unflatten(1, (grad_out.shape[1], -1))
+    reduce_dims = (0,) + tuple(range(3, tv.ndim))
+    grad_t = torch.zeros_like(tv)
+    grad_low, grad_high = [], []
+    for i in range(grad_out.shape[2]):
+        p, q = torch.relu(tv - low[i]), torch.relu(high[i] - tv)
+        h = p * q * grad_out[:, :, i]
+        grad_t = grad_t + h * (q - p)
+        grad_low.append((h * q).sum(reduce_dims).flatten())
+        grad_high.append((h * p).sum(reduce_dims).flatten())
+    return (grad_t * factor).flatten(1, 2), torch.stack(grad_low, 1) * -factor, torch.stack(grad_high, 1) * factor
 
 
 @register_basis
@@ -57,10 +84,15 @@ class ReLUBasis(Basis):
         high = self.phase_high.detach().to(t.dtype).t().reshape(shape)
         return low, high
 
+    def expands_in_pieces(self, t: torch.Tensor) -> bool:
+        return not cpu_kernels.cpu_kernels_apply(t)  # the compiled kernels keep no temporaries
+
     def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
         tv = t.unflatten(1, (out.shape[1], -1))
         low, high = self._phases(t, out.shape[1])
         scale = self.host_values("scale", t.dtype)[0]
+        if cpu_kernels.cpu_kernels_apply(t) and cpu_kernels.run_compiled(_expand_kernel, t, out, low, high, scale)[0]:
+            return
         tmp = torch.empty_like(tv)
         for i in range(self.num_functions):
             # (scale * relu(x - a)) * relu(b - x), squared: the same order (and roundings) as expand
@@ -77,6 +109,12 @@ class ReLUBasis(Basis):
         low, high = self._phases(t, groups)
         factor = 2.0 * self.host_values("scale", t.dtype)[0] ** 2
         want_low, want_high = self.phase_low.requires_grad, self.phase_high.requires_grad
+        if cpu_kernels.cpu_kernels_apply(t):
+            done, result = cpu_kernels.run_compiled(_backward_kernel, t, grad_out, low, high, factor)
+            if done:
+                grad_t, low_grad, high_grad = result
+                wanted = {"phase_low": (want_low, low_grad), "phase_high": (want_high, high_grad)}
+                return grad_t, {name: g.to(getattr(self, name).dtype) for name, (want, g) in wanted.items() if want}
         reduce_dims = (0,) + tuple(range(3, tv.ndim))  # batch and spatial: one value per channel
         grad_t = torch.zeros_like(tv)
         p, q, h = torch.empty_like(tv), torch.empty_like(tv), torch.empty_like(tv)
