@@ -1,4 +1,4 @@
-"""The compiled CPU basis kernels (kan_zoo.layers.cpu_kernels): the bspline, relu and wavelet kernels
+"""The compiled CPU basis kernels (kan_zoo.layers.cpu_kernels): the bspline, relu, rbf and wavelet kernels
 against the eager fast paths (bspline's Cox-de Boor) and finite differences, where they apply and where
 they must not, and the fallback when compilation fails. Each (kernel, dtype, input rank) compiles once
 per process (a few seconds)."""
@@ -15,6 +15,7 @@ import torch
 from kan_zoo.grid import update_grid
 from kan_zoo.layers import KANConv1d, KANConv2d, cpu_kernels, set_cpu_kernels_enabled, set_memory_efficient
 from kan_zoo.layers.bases.bspline import BSplineBasis, centered_bspline_terms
+from kan_zoo.layers.bases.rbf import RBFBasis
 from kan_zoo.layers.bases.relu import ReLUBasis
 
 from layer_helpers import assert_same_results, run_with_grads
@@ -99,6 +100,19 @@ def test_relu_kernels_equal_the_eager_fast_path(train_phases):
         torch.testing.assert_close(params_k[name], params[name], rtol=1e-11, atol=1e-12)
 
 
+def test_rbf_kernels_equal_the_eager_fast_path():
+    basis = RBFBasis(4).double()
+    with torch.no_grad():  # a refitted grid: uneven centres, another width
+        basis.grid.add_(torch.rand_like(basis.grid) * 0.2)
+        basis.inv_width.mul_(1.3)
+    t = torch.randn(3, 4, 7, 5, dtype=torch.float64) * 2
+    grad_out = torch.randn(3, 2, basis.num_functions, 2, 7, 5, dtype=torch.float64)
+    (out, grad_t, params), (out_k, grad_k, params_k) = _eager_and_compiled(basis, t, 2, grad_out)
+    assert params == params_k == {}
+    torch.testing.assert_close(out_k, out, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(grad_k, grad_t, rtol=1e-11, atol=1e-12)
+
+
 def test_bspline_kernel_backward_matches_finite_differences(kernels_on):
     basis = _exact_basis(3)
     t = torch.rand(2, 4, 6, dtype=torch.float64) * 4 - 2  # the whole knot span, away from nothing in particular
@@ -120,7 +134,7 @@ def test_bspline_kernel_backward_matches_finite_differences(kernels_on):
             assert abs(numeric.item() - grad_t.view(-1)[i].item()) < 1e-7
 
 
-@pytest.mark.parametrize("basis", ["bspline", "relu"])
+@pytest.mark.parametrize("basis", ["bspline", "relu", "rbf"])
 def test_layer_with_kernels_equals_eager_layer_float32(basis):
     layer = KANConv2d(8, 6, 3, padding=1, basis=basis, groups=2, dropout=0.1)
     x = torch.randn(3, 8, 10, 9) * 1.2

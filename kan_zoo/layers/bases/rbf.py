@@ -5,7 +5,29 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .. import cpu_kernels
 from .base import Basis, register_basis, state_shape
+
+
+def _expand_kernel(t: torch.Tensor, out: torch.Tensor, centres: torch.Tensor, inv_width: float) -> None:
+    """RBFBasis.expand_into as one loop (compiled, kan_zoo.layers.cpu_kernels)."""
+    tv = t.unflatten(1, (out.shape[1], -1))
+    functions = []
+    for i in range(out.shape[2]):
+        z = (tv - centres[i]) * inv_width
+        functions.append(torch.exp(-(z * z)))
+    out.copy_(torch.stack(functions, 2))
+
+
+def _backward_kernel(t: torch.Tensor, grad_out: torch.Tensor, centres: torch.Tensor, inv_width: float) -> torch.Tensor:
+    """dL/dt of RBFBasis.expand_backward as one compiled loop; it recomputes each Gaussian (cheaper in
+    registers than reading the kept ones back from memory)."""
+    tv = t.unflatten(1, (grad_out.shape[1], -1))
+    grad_t = torch.zeros_like(tv)
+    for i in range(grad_out.shape[2]):
+        z = (tv - centres[i]) * inv_width
+        grad_t = grad_t + torch.exp(-(z * z)) * z * grad_out[:, :, i]
+    return (grad_t * (-2.0 * inv_width)).flatten(1, 2)
 
 
 @register_basis
@@ -47,9 +69,15 @@ class RBFBasis(Basis):
         return list(torch.exp(-(z * z)).unbind(-1))
 
     # -- the fused node's fast path: each Gaussian written in place in the stacked layout, adjoint by hand
+    def expands_in_pieces(self, t: torch.Tensor) -> bool:
+        return not cpu_kernels.cpu_kernels_apply(t)  # the compiled kernels keep no temporaries
+
     def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
         tv = t.unflatten(1, (out.shape[1], -1))
         inv_width = self.host_values("inv_width", t.dtype)[0]  # a scalar: in-place ops take it without broadcasting
+        if cpu_kernels.cpu_kernels_apply(t) and cpu_kernels.run_compiled(
+                _expand_kernel, t, out, self.grid.to(t.dtype), inv_width)[0]:
+            return
         for i, mu in enumerate(self.host_values("grid", t.dtype)):
             z = torch.sub(tv, mu, out=out[:, :, i]).mul_(inv_width)
             z.mul_(z).neg_().exp_()  # exp(-(z * z)), the same roundings as expand
@@ -63,6 +91,10 @@ class RBFBasis(Basis):
         ``functions``: the forward's exp(-z_i^2) in grad_out's layout, else recomputed."""
         tv = t.unflatten(1, (grad_out.shape[1], -1))
         inv_width = self.host_values("inv_width", t.dtype)[0]
+        if cpu_kernels.cpu_kernels_apply(t):
+            done, grad_t = cpu_kernels.run_compiled(_backward_kernel, t, grad_out, self.grid.to(t.dtype), inv_width)
+            if done:
+                return grad_t, {}
         grad_t = torch.zeros_like(tv)
         z, e = torch.empty_like(tv), torch.empty_like(tv)
         for i, mu in enumerate(self.host_values("grid", t.dtype)):
