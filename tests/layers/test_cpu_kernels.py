@@ -23,6 +23,14 @@ from layer_helpers import assert_same_results, run_with_grads
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.xdist_group("cpu_kernels")]  # compile once
 
 
+@pytest.fixture(autouse=True)
+def _compiled_for_real() -> Iterator[None]:
+    """A failed compilation falls back to eager, which would make the comparisons below vacuous: fail instead
+    (test_failed_compilation... sets the flag under monkeypatch, which is undone before this check)."""
+    yield
+    assert not cpu_kernels._FAILED, "a CPU kernel failed to compile (see the warning): is a C++ compiler installed?"
+
+
 @pytest.fixture
 def kernels_on() -> Iterator[None]:
     previous = set_cpu_kernels_enabled(True)
