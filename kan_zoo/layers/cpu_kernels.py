@@ -20,6 +20,7 @@ import warnings
 from typing import Any, Callable, Dict, Tuple
 
 import torch
+import torch.fx.experimental._config  # noqa: F401 -- the duck-sizing switch below
 
 __all__ = ["set_cpu_kernels_enabled", "cpu_kernels_enabled", "cpu_kernels_apply", "run_compiled"]
 
@@ -55,7 +56,10 @@ def run_compiled(kernel: Callable[..., Any], *args: Any) -> Tuple[bool, Any]:
     if compiled is None:
         compiled = _COMPILED[kernel] = torch.compile(kernel, dynamic=True, fullgraph=True)
     try:
-        return True, compiled(*args)
+        # Without duck sizing, two sizes that happen to be equal at the first call (a chunk's outputs and
+        # inputs, say) are not tied by a guard, which would recompile the kernel when they differ.
+        with torch.fx.experimental._config.patch(use_duck_shape=False):
+            return True, compiled(*args)
     except Exception as error:  # noqa: BLE001 -- any compiler or inductor failure means: use eager
         _FAILED = True
         warnings.warn(f"kan_zoo: compiling the CPU basis kernel {kernel.__name__} failed ({type(error).__name__}: "

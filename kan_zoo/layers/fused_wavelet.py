@@ -168,14 +168,15 @@ def _psi_kernel(columns, inv_scale, shift, compute: torch.dtype, chunk_function:
     return chunk_function(_z(columns, inv_scale, shift, compute), False)[0]
 
 
-def _psi_backward_kernel(columns, inv_scale, shift, grad_psi, compute: torch.dtype, chunk_function: ChunkFunction,
-                         need_columns: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+def _psi_backward_kernel(columns, inv_scale, shift, grad_psi, compute: torch.dtype,
+                         chunk_function: ChunkFunction) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """For a chunk: psi(z), and with dL/dz = dL/dpsi psi'(z): its sum and its sum times z over the
-    positions, and dL/dx = sum over the outputs of dL/dz / s (where needed). Compiled like _psi_kernel."""
+    positions, and dL/dx = sum over the outputs of dL/dz / s. Compiled like _psi_kernel (dL/dx always:
+    one graph, not one more per layer whose input needs no gradient)."""
     z = _z(columns, inv_scale, shift, compute)
     psi, derivative = chunk_function(z, True)
     grad_z = grad_psi * derivative
-    grad_columns = (grad_z * inv_scale[:, :, None].to(compute)).sum(0) if need_columns else None
+    grad_columns = (grad_z * inv_scale[:, :, None].to(compute)).sum(0)
     return psi, grad_z.sum(-1), (grad_z * z).sum(-1), grad_columns
 
 
@@ -219,8 +220,8 @@ def _backward(layer, t, scale, translation, weight, grad_y, compute: torch.dtype
     compiled = _compiled_chunks(layer.basis, t, compute)
     for g, o, p, columns in _chunked_columns(layer, t):
         grad_psi = torch.bmm(tap_weight[o], grad_taps[o, :, p]).to(compute)
-        done, result = (cpu_kernels.run_compiled(_psi_backward_kernel, columns, inv_scale[o], shift[o], grad_psi,
-                                                 compute, layer.basis.chunk_function, grad_columns is not None)
+        done, result = (cpu_kernels.run_compiled(_psi_backward_kernel, columns, inv_scale[o], shift[o],
+                                                 grad_psi, compute, layer.basis.chunk_function)
                         if compiled else (False, None))
         if done:
             psi, grad_shift_part, grad_z_times_z_part, grad_columns_part = result
