@@ -169,7 +169,7 @@ def _psi_kernel(columns, inv_scale, shift, compute: torch.dtype, chunk_function:
 
 
 def _psi_backward_kernel(columns, inv_scale, shift, grad_psi, compute: torch.dtype,
-                         chunk_function: ChunkFunction) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                         chunk_function: ChunkFunction) -> Tuple[torch.Tensor, ...]:
     """For a chunk: psi(z), and with dL/dz = dL/dpsi psi'(z): its sum and its sum times z over the
     positions, and dL/dx = sum over the outputs of dL/dz / s. Compiled like _psi_kernel (dL/dx always:
     one graph, not one more per layer whose input needs no gradient)."""

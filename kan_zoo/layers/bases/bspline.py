@@ -160,7 +160,8 @@ class BSplineBasis(Basis):
             return None
         grid = self._compiled_kernel_grid(t)
         if grid is not None:
-            done, grad_t = cpu_kernels.run_compiled(_uniform_backward_kernel, t, grad_out, *grid, s, centered_bspline_terms(s))
+            done, grad_t = cpu_kernels.run_compiled(_uniform_backward_kernel, t, grad_out, *grid, s,
+                                                    centered_bspline_terms(s))
             if done:
                 return grad_t, {}
         tv = t.unflatten(1, (grad_out.shape[1], -1))
