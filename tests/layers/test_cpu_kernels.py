@@ -14,6 +14,9 @@ import torch
 
 from kan_zoo.grid import update_grid
 from kan_zoo.layers import KANConv1d, KANConv2d, cpu_kernels, set_cpu_kernels_enabled, set_memory_efficient
+from kan_zoo.layers.bases import bspline as bspline_module
+from kan_zoo.layers.bases import rbf as rbf_module
+from kan_zoo.layers.bases import relu as relu_module
 from kan_zoo.layers.bases.bspline import BSplineBasis, centered_bspline_terms
 from kan_zoo.layers.bases.rbf import RBFBasis
 from kan_zoo.layers.bases.relu import ReLUBasis
@@ -253,3 +256,26 @@ def test_wavelet_chunks_with_kernels_equal_eager_chunks(wavelet_type, monkeypatc
     finally:
         set_cpu_kernels_enabled(previous)
     assert_same_results(compiled, eager, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("basis", ["bspline", "relu", "rbf"])
+def test_kernels_are_not_recompiled_for_new_shapes(kernels_on, basis):
+    """Dynamic shapes: after a layer's first step, layers of other batch sizes, widths and image sizes run the
+    same compiled code (dynamo's default limit is 8 graphs per kernel; beyond it a kernel runs eagerly)."""
+    from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    module = {"bspline": bspline_module, "relu": relu_module, "rbf": rbf_module}[basis]
+    names = ("_uniform_expand_kernel", "_uniform_backward_kernel") if basis == "bspline" else (
+        "_expand_kernel", "_backward_kernel")
+    codes = [getattr(module, name).__code__ for name in names]
+
+    def step(n: int, c: int, size: int) -> None:
+        layer = KANConv2d(c, c, 3, padding=1, basis=basis)
+        layer(torch.randn(n, c, size, size, requires_grad=True)).sum().backward()
+
+    step(2, 4, 6)
+    graphs = [len(_debug_get_cache_entry_list(code)) for code in codes]
+    assert all(graphs)
+    for n, c, size in [(3, 8, 9), (4, 6, 5), (2, 12, 11)]:
+        step(n, c, size)
+    assert [len(_debug_get_cache_entry_list(code)) for code in codes] == graphs
