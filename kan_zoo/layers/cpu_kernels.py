@@ -61,7 +61,9 @@ def run_compiled(kernel: Callable[..., Any], *args: Any) -> Tuple[bool, Any]:
         with torch.fx.experimental._config.patch(use_duck_shape=False):
             return True, compiled(*args)
     except Exception as error:  # noqa: BLE001 -- any compiler or inductor failure means: use eager
+        # Broad on purpose: a missing compiler surfaces as several exception types across torch releases. A
+        # genuine runtime error (out of memory) lands here too and is raised again by the eager path.
         _FAILED = True
-        warnings.warn(f"kan_zoo: compiling the CPU basis kernel {kernel.__name__} failed ({type(error).__name__}: "
+        warnings.warn(f"kan_zoo: the compiled CPU basis kernel {kernel.__name__} failed ({type(error).__name__}: "
                       f"{str(error)[:200]}); using the eager path from now on", RuntimeWarning, stacklevel=2)
         return False, None
