@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kan_zoo.grid import update_grid
-from kan_zoo.layers import KANConv1d, KANConv2d, cpu_kernels, set_cpu_kernels_enabled, set_memory_efficient
+from kan_zoo.layers import KANConv1d, KANConv2d, KANConv3d, cpu_kernels, set_cpu_kernels_enabled, set_memory_efficient
 from kan_zoo.layers.bases import bspline as bspline_module
 from kan_zoo.layers.bases import rbf as rbf_module
 from kan_zoo.layers.bases import relu as relu_module
@@ -279,3 +279,17 @@ def test_kernels_are_not_recompiled_for_new_shapes(kernels_on, basis):
     for n, c, size in [(3, 8, 9), (4, 6, 5), (2, 12, 11)]:
         step(n, c, size)
     assert [len(_debug_get_cache_entry_list(code)) for code in codes] == graphs
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 9), (2, 4, 4, 5, 3), (0, 4, 6, 6), "channels_last"])
+def test_bspline_kernels_in_1d_3d_empty_and_channels_last(shape):
+    cls = {3: KANConv1d, 5: KANConv3d}.get(len(shape), KANConv2d)
+    layer = cls(4, 4, 3, padding=1, basis="bspline")
+    x = torch.randn(3, 4, 6, 6).to(memory_format=torch.channels_last) if shape == "channels_last" else torch.randn(shape)
+    eager = run_with_grads(layer, x)
+    previous = set_cpu_kernels_enabled(True)
+    try:
+        compiled = run_with_grads(layer, x)
+    finally:
+        set_cpu_kernels_enabled(previous)
+    assert_same_results(compiled, eager, rtol=1e-5, atol=1e-6)
