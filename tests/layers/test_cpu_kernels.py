@@ -285,7 +285,10 @@ def test_kernels_are_not_recompiled_for_new_shapes(kernels_on, basis):
 def test_bspline_kernels_in_1d_3d_empty_and_channels_last(shape):
     cls = {3: KANConv1d, 5: KANConv3d}.get(len(shape), KANConv2d)
     layer = cls(4, 4, 3, padding=1, basis="bspline")
-    x = torch.randn(3, 4, 6, 6).to(memory_format=torch.channels_last) if shape == "channels_last" else torch.randn(shape)
+    if shape == "channels_last":
+        x = torch.randn(3, 4, 6, 6).to(memory_format=torch.channels_last)
+    else:
+        x = torch.randn(shape)
     eager = run_with_grads(layer, x)
     previous = set_cpu_kernels_enabled(True)
     try:
