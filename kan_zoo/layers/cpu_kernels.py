@@ -27,6 +27,10 @@ __all__ = ["set_cpu_kernels_enabled", "cpu_kernels_enabled", "cpu_kernels_apply"
 _ENABLED = os.environ.get("KAN_ZOO_CPU_KERNELS", "0") == "1"
 _FAILED = False  # set when a compilation failed: the eager path from then on
 _COMPILED: Dict[Callable[..., Any], Callable[..., Any]] = {}
+# Compiled variants allowed per kernel. Each dtype, input rank and degree is its own graph, and dynamo also
+# specialises sizes of 1, slices and size ranges; its default of 8 was reached by one process running float32
+# and float64 layers in 1D, 2D and 3D, and with fullgraph=True reaching it is an error, not a fallback.
+_GRAPHS_PER_KERNEL = 64
 
 
 def set_cpu_kernels_enabled(enabled: bool = True) -> bool:
@@ -42,15 +46,16 @@ def cpu_kernels_enabled() -> bool:
 
 
 def cpu_kernels_apply(t: torch.Tensor) -> bool:
-    """Whether a kernel may run on ``t``: enabled, not failed, a float32/float64 CPU tensor, and not
-    inside someone else's torch.compile trace (the traced graph has its own fusion)."""
+    """Whether a kernel may run on ``t``: enabled, not failed, a non-empty float32/float64 CPU tensor, and
+    not inside someone else's torch.compile trace (the traced graph has its own fusion)."""
     return (_ENABLED and not _FAILED and t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
-            and not torch.compiler.is_compiling())
+            and t.numel() > 0 and not torch.compiler.is_compiling())  # empty: nothing to gain, one graph less
 
 
 def run_compiled(kernel: Callable[..., Any], *args: Any) -> Tuple[bool, Any]:
-    """(True, kernel(*args)) run as code compiled once per kernel (dynamic shapes, one graph), or
-    (False, None) where compilation failed: the caller then runs its eager path."""
+    """(True, kernel(*args)) run as compiled code (dynamic shapes; a graph per dtype, input rank and the
+    like, up to _GRAPHS_PER_KERNEL), or (False, None) where compilation failed: the caller then runs its
+    eager path."""
     global _FAILED
     compiled = _COMPILED.get(kernel)
     if compiled is None:
@@ -58,7 +63,8 @@ def run_compiled(kernel: Callable[..., Any], *args: Any) -> Tuple[bool, Any]:
     try:
         # Without duck sizing, two sizes that happen to be equal at the first call (a chunk's outputs and
         # inputs, say) are not tied by a guard, which would recompile the kernel when they differ.
-        with torch.fx.experimental._config.patch(use_duck_shape=False):
+        with torch.fx.experimental._config.patch(use_duck_shape=False), \
+                torch._dynamo.config.patch(recompile_limit=_GRAPHS_PER_KERNEL):
             return True, compiled(*args)
     except Exception as error:  # noqa: BLE001 -- any compiler or inductor failure means: use eager
         # Broad on purpose: a missing compiler surfaces as several exception types across torch releases. A
