@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(kan_zoo.reuse_cpu_memory; glibc only)")
     o.add_argument("--cpu-kernels", action=argparse.BooleanOptionalAction, default=False,
                    help="on CPU, run the basis expansions that have one as a compiled kernel (torch.compile of the "
-                        "basis alone: bspline, wavelet; needs a C++ compiler, compiles for seconds at the first step)")
+                        "basis alone: bspline, relu, rbf, wavelet; needs a C++ compiler, compiles for seconds at the "
+                        "first step)")
     o.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     o.add_argument("--model-ema", action=argparse.BooleanOptionalAction, default=True,
                    help="keep an EMA of the weights (timm ModelEmaV3) and validate it too")

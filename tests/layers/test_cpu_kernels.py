@@ -2,6 +2,7 @@
 against the eager fast paths (bspline's Cox-de Boor) and finite differences, where they apply and where
 they must not, and the fallback when compilation fails. Each (kernel, dtype, input rank) compiles once
 per process (a few seconds)."""
+import contextlib
 import os
 import re
 import subprocess
@@ -34,11 +35,20 @@ def _compiled_for_real() -> Iterator[None]:
     assert not cpu_kernels._FAILED, "a CPU kernel failed to compile (see the warning): is a C++ compiler installed?"
 
 
+@contextlib.contextmanager
+def _kernels(enabled: bool = True) -> Iterator[None]:
+    """The kernels switched on (or off) for a block, then back as they were."""
+    previous = set_cpu_kernels_enabled(enabled)
+    try:
+        yield
+    finally:
+        set_cpu_kernels_enabled(previous)
+
+
 @pytest.fixture
 def kernels_on() -> Iterator[None]:
-    previous = set_cpu_kernels_enabled(True)
-    yield
-    set_cpu_kernels_enabled(previous)
+    with _kernels(True):
+        yield
 
 
 def _exact_basis(degree: int, grid_size: int = 5) -> BSplineBasis:
@@ -66,14 +76,10 @@ def _eager_and_compiled(basis, t: torch.Tensor, groups: int, grad_out: torch.Ten
     shape = (n, groups, basis.num_functions, c // groups) + t.shape[2:]
     results = []
     for enabled in (False, True):
-        previous = set_cpu_kernels_enabled(enabled)
-        try:
-            out = torch.full(shape, float("nan"), dtype=t.dtype)
-            with torch.no_grad():
-                basis.expand_into(t, out)
-                grad_t, param_grads = basis.expand_backward(t, grad_out)
-        finally:
-            set_cpu_kernels_enabled(previous)
+        out = torch.full(shape, float("nan"), dtype=t.dtype)
+        with _kernels(enabled), torch.no_grad():
+            basis.expand_into(t, out)
+            grad_t, param_grads = basis.expand_backward(t, grad_out)
         results.append((out, grad_t, param_grads))
     return results
 
@@ -150,14 +156,11 @@ def test_layer_with_kernels_equals_eager_layer_float32(basis):
     layer = KANConv2d(8, 6, 3, padding=1, basis=basis, groups=2, dropout=0.1)
     x = torch.randn(3, 8, 10, 9) * 1.2
     eager = run_with_grads(layer, x)
-    previous = set_cpu_kernels_enabled(True)
-    try:
+    with _kernels():
         compiled = run_with_grads(layer, x)
         assert not layer.basis.expands_in_pieces(x)
         set_memory_efficient(layer, True)
         compiled_lean = run_with_grads(layer, x)
-    finally:
-        set_cpu_kernels_enabled(previous)
     assert_same_results(compiled, eager, rtol=1e-5, atol=1e-5)
     assert_same_results(compiled_lean, compiled, rtol=0, atol=0)  # memory-efficient mode runs the same kernels
 
@@ -249,19 +252,16 @@ def test_wavelet_chunks_with_kernels_equal_eager_chunks(wavelet_type, monkeypatc
         layer.basis.translation.uniform_(-0.5, 0.5)
     x = torch.randn(2, 4, 7, 6, dtype=torch.float64)
     eager = run_with_grads(layer, x)
-    previous = set_cpu_kernels_enabled(True)
-    try:
+    with _kernels():
         assert fused_wavelet._compiled_chunks(layer.basis, x, torch.float64) == (wavelet_type != "meyer")
         compiled = run_with_grads(layer, x)
-    finally:
-        set_cpu_kernels_enabled(previous)
     assert_same_results(compiled, eager, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("basis", ["bspline", "relu", "rbf"])
 def test_kernels_are_not_recompiled_for_new_shapes(kernels_on, basis):
     """Dynamic shapes: after a layer's first step, layers of other batch sizes, widths and image sizes run the
-    same compiled code (dynamo's default limit is 8 graphs per kernel; beyond it a kernel runs eagerly)."""
+    same compiled code (each kernel may have at most cpu_kernels._GRAPHS_PER_KERNEL graphs)."""
     from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
 
     module = {"bspline": bspline_module, "relu": relu_module, "rbf": rbf_module}[basis]
@@ -290,9 +290,6 @@ def test_bspline_kernels_in_1d_3d_empty_and_channels_last(shape):
     else:
         x = torch.randn(shape)
     eager = run_with_grads(layer, x)
-    previous = set_cpu_kernels_enabled(True)
-    try:
+    with _kernels():
         compiled = run_with_grads(layer, x)
-    finally:
-        set_cpu_kernels_enabled(previous)
     assert_same_results(compiled, eager, rtol=1e-5, atol=1e-6)
