@@ -3,7 +3,9 @@
 Yardsticks, both measured in the same process and the same interleaved rounds as the KAN layer:
   plain: nn.Conv2d + BatchNorm2d + SiLU with the same in/out channels;
   floor: one nn.Conv2d over in_channels x (basis size + 1) channels on a precomputed input, plus the
-         layer's own norm -- what a KAN conv costs if the basis expansion were free.
+         layer's own norm -- what a KAN conv costs if the basis expansion were free. The wavelet
+         basis has a function per edge (C_out per input channel), so its floor is the layer's own
+         convs on its precomputed C_in x (C_out + 1) channels (see Floor).
 
 Method (issue 7's rules): each case (basis) runs in a fresh process; inside it the variants are
 timed in interleaved rounds (plain, floor, kan, kan memory-efficient, kan compiled, plain, ...), each
@@ -142,24 +144,41 @@ def build_kan(case: str, shape: Shape, memory_efficient: bool) -> nn.Module:
 
 
 def basis_size(layer: nn.Module) -> int:
-    """Functions per input channel of the layer's basis (the floor conv has basis_size + 1 of them)."""
-    return layer.basis.num_functions
+    """Functions per input channel of the layer's basis (the floor conv has basis_size + 1 of them).
+    A non-separable basis (wavelet) has one per edge: C_out of them per input channel."""
+    return layer.basis.num_functions if layer.basis.separable else layer.out_channels
 
 
 class Floor(nn.Module):
-    """The conv a KAN layer reduces to, on an input that is already expanded, plus the layer's norm."""
+    """The conv a KAN layer reduces to, on an input that is already expanded, plus the layer's norm.
+
+    Separable bases: one conv over the (basis size + 1) x C_in channels. Wavelet: its functions
+    differ per edge, so its precomputed input is the base's C_in channels plus C_out x C_in wavelet
+    channels, and the layer's own convs run on it: the base conv, the grouped conv in which each output
+    reads its C_in wavelet channels, the 1x1 output mix."""
 
     def __init__(self, layer: nn.Module, shape: Shape) -> None:
         super().__init__()
-        k = shape.kernel
-        self.conv = nn.Conv2d(shape.channels * (basis_size(layer) + 1), shape.channels, k, padding=k // 2, bias=False)
+        c, k = shape.channels, shape.kernel
+        self.separable = layer.basis.separable
+        if self.separable:
+            self.conv = nn.Conv2d(c * (basis_size(layer) + 1), c, k, padding=k // 2, bias=False)
+        else:
+            if layer.groups != 1:
+                raise ValueError("the wavelet floor is written for groups=1")
+            self.conv = nn.Conv2d(c, c, k, padding=k // 2, bias=False)
+            self.edge_conv = nn.Conv2d(c * basis_size(layer), c, k, padding=k // 2, groups=c, bias=False)
+            self.mix = nn.Conv2d(c, c, 1, bias=False)
         # The layer's own norm type (InstanceNorm for most bases, BatchNorm for wavelet).
         norm = layer.norm
-        self.norm = type(norm)(shape.channels, affine=getattr(norm, "affine", False)) if not isinstance(
+        self.norm = type(norm)(c, affine=getattr(norm, "affine", False)) if not isinstance(
             norm, nn.Identity) else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x))
+        if self.separable:
+            return self.norm(self.conv(x))
+        c = self.conv.in_channels
+        return self.norm(self.conv(x[:, :c]) + self.mix(self.edge_conv(x[:, c:])))
 
 
 def build_variant(case: str, variant: str, shape: Shape,
@@ -472,15 +491,15 @@ def main() -> None:
     print("|" + "|".join("---" for _ in header(cuda)) + "|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    floor = ("floor = conv over C_in*(basis size+1) channels on a precomputed input + the layer's norm (wavelet:"
+             " its base, edge and mix convs on C_in*(C_out+1) channels); plain = Conv2d+BatchNorm2d+SiLU")
     if cuda:
-        print("\nfwd+bwd times (synchronized); floor = conv over C_in*(basis size+1) channels on a precomputed input +"
-              " the layer's norm; plain = Conv2d+BatchNorm2d+SiLU; torch = the kan layer with"
-              " set_triton_enabled(False); kan speed-up vs torch = torch time / kan time; saved = activation bytes"
-              " autograd keeps for backward (saved_tensors_hooks); peak = torch.cuda.max_memory_allocated growth"
-              " over one step after warm-up (parameters and input excluded).")
+        print(f"\nfwd+bwd times (synchronized); {floor}; torch = the kan layer with set_triton_enabled(False);"
+              " kan speed-up vs torch = torch time / kan time; saved = activation bytes autograd keeps for backward"
+              " (saved_tensors_hooks); peak = torch.cuda.max_memory_allocated growth over one step after warm-up"
+              " (parameters and input excluded).")
     else:
-        print("\nfwd+bwd times; floor = conv over C_in*(basis size+1) channels on a precomputed input + the layer's"
-              " norm; plain = Conv2d+BatchNorm2d+SiLU; saved = activation bytes autograd keeps for backward"
+        print(f"\nfwd+bwd times; {floor}; saved = activation bytes autograd keeps for backward"
               " (saved_tensors_hooks); RSS = peak-RSS growth of one step in a fresh process.")
 
 
