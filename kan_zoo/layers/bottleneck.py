@@ -55,7 +55,7 @@ class BottleneckKANConvNd(KANConvNd):
 
     # Its narrow inner conv compiles well: in-graph plain ops ran 1.10x the eager layer, the node
     # called from the graph 1.01x (64 -> 64 channels, 56x56, batch 8, 2 CPU threads).
-    compiled_cpu_graphs_call_node: ClassVar[bool] = False
+    compile_calls_eager_node: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -59,8 +59,10 @@ class KANConvNd(nn.Module):
     """
 
     ndim: ClassVar[int] = 0
-    # Whether torch.compile'd CPU graphs call the eager fused node (see _calls_eager_node_from_graph).
-    compiled_cpu_graphs_call_node: ClassVar[bool] = True
+    # torch.compile calls the eager node outside the graph, behind a graph break: on the CPU the fused
+    # node (see _calls_eager_node_from_graph), on every device the wavelet's chunked node. False keeps the
+    # plain ops in the graph (slower), which torch.compile(fullgraph=True) needs.
+    compile_calls_eager_node: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -238,7 +240,7 @@ class KANConvNd(nn.Module):
 
     def expand_conv(self, x: Optional[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
         """conv(stacked basis of (x, u), weight): one fused autograd node where it applies."""
-        if self.compiled_cpu_graphs_call_node and _calls_eager_node_from_graph(u):
+        if self.compile_calls_eager_node and _calls_eager_node_from_graph(u):
             return _expand_conv_outside_graph(self, x, u)
         mask = self.dropout_mask(u)
         params = list(self.basis.parameters())
@@ -266,7 +268,7 @@ class KANConvNd(nn.Module):
             # the graph: the compiled plain ops ran 3x slower than the eager node and kept the big tensor.
             if not torch.compiler.is_compiling():
                 return self.basis.convolve_chunked(t, self)
-            if not torch.compiler.is_exporting():  # exporters must see the plain ops
+            if self.compile_calls_eager_node and not torch.compiler.is_exporting():  # exporters: the plain ops
                 return _convolve_chunked_outside_graph(self, t)
         if self.memory_efficient and torch.is_grad_enabled():
             return checkpoint(self.basis.convolve, t, self._conv, use_reentrant=False)
@@ -310,12 +312,17 @@ def _calls_eager_node_from_graph(u: torch.Tensor) -> bool:
     return torch.compiler.is_compiling() and not torch.compiler.is_exporting() and u.device.type == "cpu"
 
 
-@torch.compiler.disable
+# What torch.compile(fullgraph=True) reports where it meets the graph break.
+_FULLGRAPH_HINT = ("kan_zoo's KAN layers run their eager node here; for fullgraph=True set "
+                   "kan_zoo.layers.KANConvNd.compile_calls_eager_node = False (plain ops in the graph, slower)")
+
+
+@torch.compiler.disable(reason=_FULLGRAPH_HINT)
 def _expand_conv_outside_graph(layer: KANConvNd, x: Optional[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
     return layer.expand_conv(x, u)
 
 
-@torch.compiler.disable
+@torch.compiler.disable(reason=_FULLGRAPH_HINT)
 def _convolve_chunked_outside_graph(layer: KANConvNd, t: torch.Tensor) -> torch.Tensor:
     return layer.basis.convolve_chunked(t, layer)
 

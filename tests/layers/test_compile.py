@@ -54,3 +54,23 @@ def test_compiled_cpu_training_step_runs_the_fused_node(basis, memory_efficient,
     for name, grad in grads.items():
         key = name if name == "input" else "_orig_mod." + name
         torch.testing.assert_close(grads_compiled[key], grad, msg=name, **exact)
+
+
+@pytest.mark.parametrize("basis", ["gram", "wavelet"])
+def test_fullgraph_compile_needs_the_switch_and_then_equals_eager(basis, monkeypatch):
+    """fullgraph=True refuses the graph break around the eager node with an error naming the switch;
+    with the switch off the graph holds the plain ops and gives eager's output and gradients."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = KANConv2d(4, 6, 3, padding=1, groups=2, basis=basis).train()
+    x = torch.randn(2, 4, 6, 6)
+    with pytest.raises(Exception, match="compile_calls_eager_node = False"):
+        torch.compile(copy.deepcopy(layer), fullgraph=True, backend="eager")(x)
+    monkeypatch.setattr(conv.KANConvNd, "compile_calls_eager_node", False)
+    torch._dynamo.reset()
+    y, grads = run_with_grads(layer, x)
+    y_compiled, grads_compiled = run_with_grads(torch.compile(copy.deepcopy(layer), fullgraph=True, backend="eager"), x)
+    torch.testing.assert_close(y_compiled, y)
+    for name, grad in grads.items():
+        key = name if name == "input" else "_orig_mod." + name
+        torch.testing.assert_close(grads_compiled[key], grad, msg=name)
