@@ -274,7 +274,9 @@ class KANConvNd(nn.Module):
             return checkpoint(self.basis.convolve, t, self._conv, use_reentrant=False)
         return self.basis.convolve(t, self._conv)
 
-    def _expand_conv_plain(self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def _expand_conv_plain(
+        self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
         return self._conv(self.stacked_basis(x, u, mask), self.weight, self.groups)
 
     def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:

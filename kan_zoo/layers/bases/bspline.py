@@ -152,7 +152,9 @@ class BSplineBasis(Basis):
             return super().expand_into(t, out)
         self._levels(t.unflatten(1, (out.shape[1], -1)), self.degree, out)
 
-    def expand_backward(self, t: torch.Tensor, grad_out: torch.Tensor) -> Optional[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]:
+    def expand_backward(
+        self, t: torch.Tensor, grad_out: torch.Tensor
+    ) -> Optional[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]:
         """dB_{i,S}/dt = S / (g_{i+S} - g_i) B_{i,S-1} - S / (g_{i+S+1} - g_{i+1}) B_{i+1,S-1} (Cox-de Boor's
         derivative; the knots are a buffer, so t is the only input with a gradient)."""
         s = self.degree

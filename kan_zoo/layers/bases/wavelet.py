@@ -31,7 +31,8 @@ def _meyer(z: torch.Tensor) -> torch.Tensor:
     v = z.abs()
     s = (2 * v - 1).clamp(0, 1)
     nu = s**4 * (35 - 84 * s + 70 * s * s - 20 * s**3)
-    aux = torch.where(v <= 0.5, torch.ones_like(v), torch.where(v >= 1, torch.zeros_like(v), torch.cos(math.pi / 2 * nu)))
+    outer = torch.where(v >= 1, torch.zeros_like(v), torch.cos(math.pi / 2 * nu))
+    aux = torch.where(v <= 0.5, torch.ones_like(v), outer)
     return torch.sin(math.pi * v) * aux
 
 
