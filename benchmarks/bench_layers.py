@@ -439,6 +439,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds per case")
     ap.add_argument("--iters", type=int, default=3, help="timed steps per variant per round")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile(layer) (slow on CPU)")
+    ap.add_argument("--compile-eager-node", action="store_true",
+                    help="with --compile: KANConvNd.compile_calls_eager_node = True, so that compiled CPU graphs call "
+                         "the separable bases' fused node outside the graph (default: plain ops in the graph)")
     ap.add_argument("--no-rss", action="store_true",
                     help="skip the memory measurement (fresh-process RSS on cpu, CUDA peak on cuda)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (matters on cpu only)")
@@ -458,6 +461,10 @@ def main() -> None:
 
     if args.worker:
         apply_cpu_flags(args)
+        if args.compile_eager_node:
+            from kan_zoo.layers import KANConvNd
+
+            KANConvNd.compile_calls_eager_node = True
         worker_main(args, shape)
         return
 
@@ -467,11 +474,13 @@ def main() -> None:
         ap.error(f"unknown cases {unknown}; choose from {list(CASES)}")
     cuda = args.device == "cuda"
     common = (["--threads", str(args.threads), "--device", args.device] + (["--quick"] if args.quick else [])
-              + (["--amp"] if args.amp else []) + cpu_flag_args(args))
+              + (["--amp"] if args.amp else []) + (["--compile-eager-node"] if args.compile_eager_node else [])
+              + cpu_flag_args(args))
     print(f"# bench_layers: N={shape.n}, {shape.channels}->{shape.channels} ch, {shape.size}x{shape.size}, "
           f"{shape.kernel}x{shape.kernel}, {device_summary(torch.device(args.device), args.threads, args.amp)}, "
           f"torch {torch.__version__}; {args.repeats} interleaved rounds x {args.iters} steps, medians; "
-          f"one fresh process per case" + cpu_flags_note(args), flush=True)
+          f"one fresh process per case" + cpu_flags_note(args)
+          + ("; compiled graphs call the fused node" if args.compile_eager_node else ""), flush=True)
     rows: List[List[str]] = []
     interrupt_on_sigterm()
     try:

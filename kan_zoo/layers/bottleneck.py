@@ -53,9 +53,9 @@ class BottleneckKANConvNd(KANConvNd):
     proj_out_weight (G*o, m, 1..), base_weight (C_out, c, *kernel), basis.*, norm.*, act.*.
     """
 
-    # Its narrow inner conv compiles well: in-graph plain ops ran 1.10x the eager layer, the node
-    # called from the graph 1.01x (64 -> 64 channels, 56x56, batch 8, 2 CPU threads).
-    compile_calls_eager_node: ClassVar[bool] = False
+    # Never the eager node, even where KANConvNd's switch asks for it: the narrow inner conv compiles well
+    # (in-graph plain ops 1.10x the eager layer, the called node 1.01x; 64 -> 64 channels, 56x56, batch 8).
+    compile_calls_eager_node: ClassVar[Optional[bool]] = False
 
     def __init__(
         self,

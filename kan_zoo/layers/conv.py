@@ -59,10 +59,12 @@ class KANConvNd(nn.Module):
     """
 
     ndim: ClassVar[int] = 0
-    # torch.compile calls the eager node outside the graph, behind a graph break: on the CPU the fused
-    # node (see _calls_eager_node_from_graph), on every device the wavelet's chunked node. False keeps the
-    # plain ops in the graph (slower), which torch.compile(fullgraph=True) needs.
-    compile_calls_eager_node: ClassVar[bool] = True
+    # Which eager nodes torch.compile calls outside the graph, behind a graph break (README, Speed and memory):
+    # None (default): only the wavelet's chunked node, whose plain ops would hold its whole wavelet tensor;
+    # True: also the separable bases' fused node on the CPU, which is faster per layer than inductor's code
+    # for the plain ops but splits a model into many graphs (slower where Python overhead dominates);
+    # False: none, so that fullgraph=True gets one graph of plain ops.
+    compile_calls_eager_node: ClassVar[Optional[bool]] = None
 
     def __init__(
         self,
@@ -268,7 +270,7 @@ class KANConvNd(nn.Module):
             # the graph: the compiled plain ops ran 3x slower than the eager node and kept the big tensor.
             if not torch.compiler.is_compiling():
                 return self.basis.convolve_chunked(t, self)
-            if self.compile_calls_eager_node and not torch.compiler.is_exporting():  # exporters: the plain ops
+            if self.compile_calls_eager_node is not False and not torch.compiler.is_exporting():  # exporters: plain
                 return _convolve_chunked_outside_graph(self, t)
         if self.memory_efficient and torch.is_grad_enabled():
             return checkpoint(self.basis.convolve, t, self._conv, use_reentrant=False)
@@ -307,16 +309,16 @@ def _eager_fast_path(u: torch.Tensor) -> bool:
 
 
 def _calls_eager_node_from_graph(u: torch.Tensor) -> bool:
-    """Whether a compiled CPU graph calls the eager fused node instead of compiling the plain ops:
-    inductor's code for them ran at 0.71-0.86x the node's speed (no reuse of values kept by forward,
-    the constant block convolved); calling the node made it 1.00-1.03x. Exporters still see the plain
-    ops; GPUs keep compiling them."""
+    """Whether a compiled CPU graph may call the eager fused node instead of compiling the plain ops
+    (where the layer's compile_calls_eager_node is True): per layer, inductor's code for the plain ops
+    ran at 0.71-0.86x the node's speed (no reuse of values kept by forward, the constant block
+    convolved), the called node at 1.00-1.03x. Exporters still see the plain ops; GPUs compile them."""
     return torch.compiler.is_compiling() and not torch.compiler.is_exporting() and u.device.type == "cpu"
 
 
 # What torch.compile(fullgraph=True) reports where it meets the graph break.
 _FULLGRAPH_HINT = ("kan_zoo's KAN layers run their eager node here; for fullgraph=True set "
-                   "kan_zoo.layers.KANConvNd.compile_calls_eager_node = False (plain ops in the graph, slower)")
+                   "kan_zoo.layers.KANConvNd.compile_calls_eager_node = False (plain ops in the graph)")
 
 
 @torch.compiler.disable(reason=_FULLGRAPH_HINT)

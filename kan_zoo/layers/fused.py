@@ -13,8 +13,8 @@ the stacked tensor through the basis by re-running the basis under autograd. Out
 equal the plain autograd path up to float rounding (tests/layers/test_memory_efficient.py).
 
 The layer falls back to plain autograd (or to checkpointing, in memory-efficient mode) where this
-node does not apply: autocast, export and GPU torch.compile tracing, and 'same' padding that is not
-symmetric. CPU graphs of torch.compile call the node outside the graph (kan_zoo.layers.conv).
+node does not apply: autocast, torch.compile and export tracing, and 'same' padding that is not
+symmetric (compiled CPU graphs can call the node instead: KANConvNd.compile_calls_eager_node).
 """
 from __future__ import annotations
 

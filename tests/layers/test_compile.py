@@ -1,22 +1,40 @@
-"""torch.compile over every basis: one compiled model holding a layer of each, output equal to eager."""
+"""torch.compile over every basis: compiled equals eager, with and without the eager nodes in the graph."""
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from kan_zoo.layers import BASES, BottleneckKANConv2d, KANConv2d, conv, fused
+from kan_zoo.layers import BASES, BottleneckKANConv2d, KANConv2d, KANConvNd, fused
 from layer_helpers import run_with_grads
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-@pytest.mark.parametrize("graph", ["eager node outside the graph", "plain ops in the graph"])
-def test_compiled_model_with_every_basis_matches_eager(graph, monkeypatch):
-    """CPU graphs call the fused node outside the graph; GPUs compile the plain ops, checked here on CPU."""
-    if graph == "plain ops in the graph":
-        monkeypatch.setattr(conv, "_calls_eager_node_from_graph", lambda u: False)
+@pytest.fixture
+def node_calls(monkeypatch):
+    """A list that grows by one on every call of the separable bases' fused node."""
+    calls = []
+    apply = fused.ExpandConvFunction.apply
+    monkeypatch.setattr(fused.ExpandConvFunction, "apply", lambda *a: calls.append(1) or apply(*a))
+    torch._dynamo.reset()  # earlier tests' layers may have used up the recompile limit: then nothing compiles
+    return calls
+
+
+def compiled_and_eager(layer, x, **compile_options):
+    """(output, gradients) of a compiled copy of ``layer`` and of ``layer`` itself."""
+    compiled = torch.compile(copy.deepcopy(layer), backend="eager", **compile_options)
+    y_compiled, grads_compiled = run_with_grads(compiled, x)
+    y, grads = run_with_grads(layer, x)
+    return (y_compiled, {k.removeprefix("_orig_mod."): g for k, g in grads_compiled.items()}), (y, grads)
+
+
+@pytest.mark.parametrize("switch", [None, True])
+def test_compiled_model_with_every_basis_matches_eager(switch, monkeypatch):
+    """Inductor on CPU, forward, a layer of every basis; with the switch on, the separable layers call
+    their eager node from the graph."""
+    monkeypatch.setattr(KANConvNd, "compile_calls_eager_node", switch)
     torch.manual_seed(0)
     # One model, one compilation: compiling is slow on a small CPU, so every basis shares it.
     model = nn.Sequential(
@@ -33,44 +51,47 @@ def test_compiled_model_with_every_basis_matches_eager(graph, monkeypatch):
 
 @pytest.mark.parametrize("basis", ["gram", "bspline", "gram bottleneck"])
 @pytest.mark.parametrize("memory_efficient", [False, True])
-def test_compiled_cpu_training_step_runs_the_fused_node(basis, memory_efficient, monkeypatch):
-    """The eager fused node beat inductor's code for the plain ops on CPU (0.71-0.86x), so compiled
-    models call it outside the graph: outputs and gradients equal eager, the node ran each step. The
-    bottleneck's narrow inner conv compiles well, so its graph keeps the plain ops."""
-    torch._dynamo.reset()  # earlier tests' layers may have used up the recompile limit: then nothing compiles
-    calls = []
-    apply = fused.ExpandConvFunction.apply
-    monkeypatch.setattr(fused.ExpandConvFunction, "apply", lambda *a: calls.append(1) or apply(*a))
+def test_switch_on_compiled_cpu_training_step_runs_the_fused_node(basis, memory_efficient, node_calls, monkeypatch):
+    """compile_calls_eager_node = True: compiled CPU graphs call the fused node outside the graph, so
+    outputs and gradients equal eager exactly. The bottleneck never does (its inner conv compiles well)."""
+    monkeypatch.setattr(KANConvNd, "compile_calls_eager_node", True)
     torch.manual_seed(0)
     bottleneck = basis.endswith("bottleneck")
     cls = BottleneckKANConv2d if bottleneck else KANConv2d
     layer = cls(4, 6, 3, padding=1, groups=2, basis=basis.split()[0], memory_efficient=memory_efficient).train()
-    x = torch.randn(2, 4, 6, 6)
-    y, grads = run_with_grads(layer, x)
-    y_compiled, grads_compiled = run_with_grads(torch.compile(copy.deepcopy(layer), backend="eager"), x)
-    assert len(calls) == (1 if bottleneck else 2)
+    (y_compiled, grads_compiled), (y, grads) = compiled_and_eager(layer, torch.randn(2, 4, 6, 6))
+    assert len(node_calls) == (1 if bottleneck else 2)
     exact = {} if bottleneck else {"rtol": 0, "atol": 0}  # the same node, or plain ops up to rounding
     torch.testing.assert_close(y_compiled, y, **exact)
     for name, grad in grads.items():
-        key = name if name == "input" else "_orig_mod." + name
-        torch.testing.assert_close(grads_compiled[key], grad, msg=name, **exact)
+        torch.testing.assert_close(grads_compiled[name], grad, msg=name, **exact)
+
+
+def test_by_default_a_separable_layer_compiles_into_one_graph(node_calls):
+    """The default keeps the plain ops in the graph: fullgraph=True works, the node is not called."""
+    torch.manual_seed(0)
+    layer = KANConv2d(4, 6, 3, padding=1, groups=2, basis="gram").train()
+    (y_compiled, grads_compiled), (y, grads) = compiled_and_eager(layer, torch.randn(2, 4, 6, 6), fullgraph=True)
+    assert len(node_calls) == 1  # the eager run only
+    torch.testing.assert_close(y_compiled, y)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_compiled[name], grad, msg=name)
 
 
 @pytest.mark.parametrize("basis", ["gram", "wavelet"])
-def test_fullgraph_compile_needs_the_switch_and_then_equals_eager(basis, monkeypatch):
-    """fullgraph=True refuses the graph break around the eager node with an error naming the switch;
-    with the switch off the graph holds the plain ops and gives eager's output and gradients."""
+def test_fullgraph_refuses_the_eager_nodes_with_a_hint_and_works_with_the_switch_off(basis, monkeypatch):
+    """Where a graph would call an eager node (the wavelet's by default, every basis's with the switch
+    on) fullgraph=True fails with an error naming the switch; switched off, compiled equals eager."""
+    monkeypatch.setattr(KANConvNd, "compile_calls_eager_node", True if basis == "gram" else None)
     torch._dynamo.reset()
     torch.manual_seed(0)
     layer = KANConv2d(4, 6, 3, padding=1, groups=2, basis=basis).train()
     x = torch.randn(2, 4, 6, 6)
     with pytest.raises(Exception, match="compile_calls_eager_node = False"):
         torch.compile(copy.deepcopy(layer), fullgraph=True, backend="eager")(x)
-    monkeypatch.setattr(conv.KANConvNd, "compile_calls_eager_node", False)
+    monkeypatch.setattr(KANConvNd, "compile_calls_eager_node", False)
     torch._dynamo.reset()
-    y, grads = run_with_grads(layer, x)
-    y_compiled, grads_compiled = run_with_grads(torch.compile(copy.deepcopy(layer), fullgraph=True, backend="eager"), x)
+    (y_compiled, grads_compiled), (y, grads) = compiled_and_eager(layer, x, fullgraph=True)
     torch.testing.assert_close(y_compiled, y)
     for name, grad in grads.items():
-        key = name if name == "input" else "_orig_mod." + name
-        torch.testing.assert_close(grads_compiled[key], grad, msg=name)
+        torch.testing.assert_close(grads_compiled[name], grad, msg=name)
