@@ -5,8 +5,8 @@ the convolution of an all-ones image (zero-padded like the input) with that bloc
 over its input channels: the same (1, C_out, *spatial) map for every sample. The layer's fast paths
 (kan_zoo.layers.conv, kan_zoo.layers.fused) leave the block out of the stacked tensor and add this
 instead, so the convolution runs over one function fewer (gram degree 3: 4 of 5 blocks, about a fifth
-of its time) and the stacked tensor kept for backward is a block smaller. The plain autograd path,
-the reference, still convolves the constant block.
+of its time) and the stacked tensor kept for backward is a block smaller; compiled graphs do the same in
+plain ops. The eager plain autograd path, the reference, and exports still convolve the constant block.
 """
 from __future__ import annotations
 

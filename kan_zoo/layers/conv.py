@@ -61,8 +61,8 @@ class KANConvNd(nn.Module):
     ndim: ClassVar[int] = 0
     # Which eager nodes torch.compile calls outside the graph, behind a graph break (README, Speed and memory):
     # None (default): only the wavelet's chunked node, whose plain ops would hold its whole wavelet tensor;
-    # True: also the separable bases' fused node on the CPU, which is faster per layer than inductor's code
-    # for the plain ops but splits a model into many graphs (slower where Python overhead dominates);
+    # True: also the separable bases' fused node on the CPU, faster per layer than inductor's code for the
+    # grid bases' plain ops but splitting a model into many graphs (slower where Python overhead dominates);
     # False: none, so that fullgraph=True gets one graph of plain ops.
     compile_calls_eager_node: ClassVar[Optional[bool]] = None
 
@@ -279,6 +279,14 @@ class KANConvNd(nn.Module):
     def _expand_conv_plain(
         self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]
     ) -> torch.Tensor:
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting() and self.skips_constant(x):
+            # Compiled graphs leave the constant block out as the eager nodes do (one function fewer to
+            # convolve); the eager plain ops and exports keep it, as the reference.
+            functions = self.basis_functions(x, u, mask)
+            del functions[int(x is not None)]
+            rest, summed = split_constant(self, self.weight)
+            y = self._conv(stack_functions(functions, self.groups), rest, self.groups)
+            return y + constant_response(self, summed, u)
         return self._conv(self.stacked_basis(x, u, mask), self.weight, self.groups)
 
     def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
@@ -310,9 +318,9 @@ def _eager_fast_path(u: torch.Tensor) -> bool:
 
 def _calls_eager_node_from_graph(u: torch.Tensor) -> bool:
     """Whether a compiled CPU graph may call the eager fused node instead of compiling the plain ops
-    (where the layer's compile_calls_eager_node is True): per layer, inductor's code for the plain ops
-    ran at 0.71-0.86x the node's speed (no reuse of values kept by forward, the constant block
-    convolved), the called node at 1.00-1.03x. Exporters still see the plain ops; GPUs compile them."""
+    (where the layer's compile_calls_eager_node is True): per layer, inductor's code for the grid bases'
+    plain ops ran at 0.71-0.88x the node's speed (no reuse of values kept by forward), the called node
+    at 1.00-1.03x. Exporters still see the plain ops; GPUs compile them."""
     return torch.compiler.is_compiling() and not torch.compiler.is_exporting() and u.device.type == "cpu"
 
 

@@ -67,10 +67,13 @@ def test_switch_on_compiled_cpu_training_step_runs_the_fused_node(basis, memory_
         torch.testing.assert_close(grads_compiled[name], grad, msg=name, **exact)
 
 
-def test_by_default_a_separable_layer_compiles_into_one_graph(node_calls):
-    """The default keeps the plain ops in the graph: fullgraph=True works, the node is not called."""
+@pytest.mark.parametrize("basis", ["gram", "relu"])
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_by_default_a_separable_layer_compiles_into_one_graph(basis, memory_efficient, node_calls):
+    """The default keeps the plain ops in the graph (gram: without its constant block, in closed form;
+    memory-efficient mode: checkpointed): fullgraph=True works, the node is not called."""
     torch.manual_seed(0)
-    layer = KANConv2d(4, 6, 3, padding=1, groups=2, basis="gram").train()
+    layer = KANConv2d(4, 6, 3, padding=1, groups=2, basis=basis, memory_efficient=memory_efficient).train()
     (y_compiled, grads_compiled), (y, grads) = compiled_and_eager(layer, torch.randn(2, 4, 6, 6), fullgraph=True)
     assert len(node_calls) == 1  # the eager run only
     torch.testing.assert_close(y_compiled, y)
@@ -95,3 +98,23 @@ def test_fullgraph_refuses_the_eager_nodes_with_a_hint_and_works_with_the_switch
     torch.testing.assert_close(y_compiled, y)
     for name, grad in grads.items():
         torch.testing.assert_close(grads_compiled[name], grad, msg=name)
+
+
+@pytest.mark.parametrize("basis,functions", [("gram", 4), ("chebyshev", 3), ("bspline", 9)])
+def test_compiled_graph_leaves_the_constant_function_out_of_the_convolution(basis, functions):
+    """A basis with P_0 = 1 convolves one block fewer in compiled graphs (its share added in closed form
+    by a one-channel conv), as the eager nodes do; bspline has no constant function."""
+    weight_shapes = []
+
+    def recording_backend(gm, example_inputs):
+        for node in gm.graph.nodes:
+            if node.op == "call_function" and "conv" in str(node.target):
+                weight_shapes.append(tuple(node.args[1].meta["example_value"].shape))
+        return gm
+
+    torch._dynamo.reset()
+    layer = KANConv2d(4, 6, 3, padding=1, basis=basis, degree=3)
+    torch.compile(layer, backend=recording_backend, fullgraph=True)(torch.randn(2, 4, 5, 5))
+    main_conv = (6, 4 * functions, 3, 3)
+    expected = [main_conv] if basis == "bspline" else [main_conv, (6, 1, 3, 3)]
+    assert weight_shapes == expected

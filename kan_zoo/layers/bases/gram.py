@@ -10,6 +10,12 @@ from torch.nn import functional as F
 from .base import Basis, register_basis
 
 
+@torch.compiler.assume_constant_result  # compiled graphs take the number, not an .item() graph break
+def _silu_of_one(dtype: torch.dtype) -> float:
+    """SiLU(1) in ``dtype``, so that it equals F.silu(ones) bit for bit."""
+    return F.silu(torch.ones((), dtype=dtype)).item()
+
+
 @register_basis
 class GramBasis(Basis):
     """P_0 = 1, P_1 = t, P_i = t P_{i-1} - beta(i-1, i) P_{i-2} on t = tanh(x); functions SiLU(P_i).
@@ -71,8 +77,7 @@ class GramBasis(Basis):
     has_constant_function = True  # SiLU(P_0) = SiLU(1)
 
     def constant_value(self, dtype: torch.dtype) -> float:
-        # In the layer's dtype, so that it equals F.silu(ones) bit for bit.
-        return F.silu(torch.ones((), dtype=dtype)).item()
+        return _silu_of_one(dtype)
 
     def expand_into(self, t: torch.Tensor, out: torch.Tensor, skip_constant: bool = False) -> None:
         groups, skip = out.shape[1], int(skip_constant)
