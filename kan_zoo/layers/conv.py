@@ -234,11 +234,14 @@ class KANConvNd(nn.Module):
         autograd; the constant function, where the basis has one, in closed form."""
         skip = self.skips_constant(x)
         stacked = self.stacked_basis_into(x, u, mask, skip_constant=skip)
-        if not skip:
-            return self._conv(stacked, weight, self.groups), stacked if keep else None
+        y = self._conv_without_constant(stacked, weight, u) if skip else self._conv(stacked, weight, self.groups)
+        return y, stacked if keep else None
+
+    def _conv_without_constant(self, stacked: torch.Tensor, weight: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The convolution of a stacked tensor that leaves the constant function out, plus that function's
+        share in closed form (in place on the conv's output, which its backward does not read)."""
         rest, summed = split_constant(self, weight)
-        y = self._conv(stacked, rest, self.groups)
-        return y.add_(constant_response(self, summed, u)), stacked if keep else None
+        return self._conv(stacked, rest, self.groups).add_(constant_response(self, summed, u))
 
     def expand_conv(self, x: Optional[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
         """conv(stacked basis of (x, u), weight): one fused autograd node where it applies."""
@@ -279,14 +282,12 @@ class KANConvNd(nn.Module):
     def _expand_conv_plain(
         self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]
     ) -> torch.Tensor:
-        if torch.compiler.is_compiling() and not torch.compiler.is_exporting() and self.skips_constant(x):
+        if _compiling_a_graph() and self.skips_constant(x):
             # Compiled graphs leave the constant block out as the eager nodes do (one function fewer to
             # convolve); the eager plain ops and exports keep it, as the reference.
             functions = self.basis_functions(x, u, mask)
             del functions[int(x is not None)]
-            rest, summed = split_constant(self, self.weight)
-            y = self._conv(stack_functions(functions, self.groups), rest, self.groups)
-            return y + constant_response(self, summed, u)
+            return self._conv_without_constant(stack_functions(functions, self.groups), self.weight, u)
         return self._conv(self.stacked_basis(x, u, mask), self.weight, self.groups)
 
     def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
@@ -316,12 +317,17 @@ def _eager_fast_path(u: torch.Tensor) -> bool:
     )
 
 
+def _compiling_a_graph() -> bool:
+    """Inside a torch.compile trace that is not an export (exporters must see the reference ops)."""
+    return torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+
+
 def _calls_eager_node_from_graph(u: torch.Tensor) -> bool:
     """Whether a compiled CPU graph may call the eager fused node instead of compiling the plain ops
     (where the layer's compile_calls_eager_node is True): per layer, inductor's code for the grid bases'
     plain ops ran at 0.71-0.88x the node's speed (no reuse of values kept by forward), the called node
     at 1.00-1.03x. Exporters still see the plain ops; GPUs compile them."""
-    return torch.compiler.is_compiling() and not torch.compiler.is_exporting() and u.device.type == "cpu"
+    return _compiling_a_graph() and u.device.type == "cpu"
 
 
 # What torch.compile(fullgraph=True) reports where it meets the graph break.
