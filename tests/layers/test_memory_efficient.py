@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from kan_zoo.layers import BASES, BottleneckKANConv2d, KANConv2d, KANLinear, set_memory_efficient
 from layer_helpers import (assert_same_results, gradient_penalty_grads, plain_autograd_copy, run_with_grads,
@@ -131,7 +132,9 @@ def test_no_memory_growth_over_training_steps():
         gc.collect()
         with warnings.catch_warnings():  # isinstance on every object touches torch's deprecated module attributes
             warnings.simplefilter("ignore", FutureWarning)
-            return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+            # Fake tensors are a compiler's: an earlier torch.compile test in this process leaves some that
+            # die at some later step of this loop, which is not this model's memory.
+            return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and not isinstance(o, FakeTensor))
 
     def step(x: torch.Tensor) -> None:
         loss = model(x).square().mean()
