@@ -64,22 +64,27 @@ REUSE_CPU_MEMORY_HELP = ("workers keep freed CPU memory for reuse (kan_zoo.reuse
                          "stop paying page faults for fresh activations; default: the C library's own policy")
 CPU_KERNELS_HELP = ("workers use the compiled CPU basis kernels (kan_zoo.layers.set_cpu_kernels_enabled: torch.compile "
                     "of the basis expansion alone, where a basis has one; compiled in the warm-up steps)")
+NO_NATIVE_KERNELS_HELP = ("workers run without the C basis kernels (kan_zoo.layers.set_native_kernels_enabled(False); "
+                          "on by default where a C compiler is found): the eager CPU path, for before/after figures")
 
 
 def add_cpu_flags(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--reuse-cpu-memory", action="store_true", help=REUSE_CPU_MEMORY_HELP)
     ap.add_argument("--cpu-kernels", action="store_true", help=CPU_KERNELS_HELP)
+    ap.add_argument("--no-native-kernels", action="store_true", help=NO_NATIVE_KERNELS_HELP)
 
 
 def cpu_flag_args(args: argparse.Namespace) -> List[str]:
     """The flags again, for a worker's command line."""
-    return (["--reuse-cpu-memory"] if args.reuse_cpu_memory else []) + (["--cpu-kernels"] if args.cpu_kernels else [])
+    return ((["--reuse-cpu-memory"] if args.reuse_cpu_memory else []) + (["--cpu-kernels"] if args.cpu_kernels else [])
+            + (["--no-native-kernels"] if args.no_native_kernels else []))
 
 
 def cpu_flags_note(args: argparse.Namespace) -> str:
     """The flags in words, for a table's header line."""
     return (("; freed CPU memory reused" if args.reuse_cpu_memory else "")
-            + ("; compiled CPU basis kernels" if args.cpu_kernels else ""))
+            + ("; compiled CPU basis kernels" if args.cpu_kernels else "")
+            + ("; no C basis kernels" if args.no_native_kernels else ""))
 
 
 def apply_cpu_flags(args: argparse.Namespace) -> None:
@@ -93,6 +98,10 @@ def apply_cpu_flags(args: argparse.Namespace) -> None:
         from kan_zoo.layers import set_cpu_kernels_enabled
 
         set_cpu_kernels_enabled(True)
+    if args.no_native_kernels:
+        from kan_zoo.layers import set_native_kernels_enabled
+
+        set_native_kernels_enabled(False)
 
 
 def last_error(stderr: str) -> str:

@@ -1,15 +1,26 @@
 """Helpers the KAN-layer tests share: what autograd keeps, gradients for a fixed upstream gradient,
-and a copy of a layer that takes the plain autograd path.
+a copy of a layer that takes the plain autograd path, the C kernels switched on or off.
 
 Import as ``from layer_helpers import ...`` (pytest puts ``tests/`` on sys.path).
 """
+import contextlib
 import copy
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import nn
 
-from kan_zoo.layers import KANConvNd
+from kan_zoo.layers import KANConvNd, set_native_kernels_enabled
+
+
+@contextlib.contextmanager
+def native_kernels_switched(enabled: bool) -> Iterator[None]:
+    """The C basis kernels (kan_zoo.layers.native_kernels) on or off for a block, then back as they were."""
+    previous = set_native_kernels_enabled(enabled)
+    try:
+        yield
+    finally:
+        set_native_kernels_enabled(previous)
 
 
 def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:

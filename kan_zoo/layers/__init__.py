@@ -7,11 +7,12 @@ from .conv import KANConv1d, KANConv2d, KANConv3d, KANConvNd
 from .fused import set_memory_efficient
 from .helpers import GroupPReLU
 from .linear import KANLinear
+from .native_kernels import native_kernels_enabled, set_native_kernels_enabled
 from .triton_basis import set_triton_enabled, triton_enabled
 
 __all__ = [
     "BASES", "Basis", "get_basis_class", "register_basis", "KANConvNd", "KANConv1d", "KANConv2d", "KANConv3d",
     "BottleneckKANConvNd", "BottleneckKANConv1d", "BottleneckKANConv2d", "BottleneckKANConv3d", "KANLinear",
     "GroupPReLU", "set_memory_efficient", "KANActivation", "set_triton_enabled", "triton_enabled",
-    "set_cpu_kernels_enabled", "cpu_kernels_enabled",
+    "set_cpu_kernels_enabled", "cpu_kernels_enabled", "set_native_kernels_enabled", "native_kernels_enabled",
 ]

@@ -1,6 +1,7 @@
 """The fused node's hand-written fast path of the grid bases (bspline, rbf, relu) and of bernstein:
 expand_into equals the stacked expand, expand_backward equals autograd of expand, also on refitted
-(non-uniform) grids."""
+(non-uniform) grids. bspline's fast path runs as C kernels by default (kan_zoo.layers.native_kernels) and as
+eager steps without them: both are checked."""
 from typing import List
 
 import pytest
@@ -11,7 +12,15 @@ from kan_zoo.grid import update_grid
 from kan_zoo.layers import BASES, KANConv2d
 from kan_zoo.layers.bases.base import Basis
 
+from layer_helpers import native_kernels_switched
+
 GRID_BASES = ["bspline", "rbf", "relu"]
+NATIVE_BASES = ["bspline"]  # bases with C kernels: their tests run with and without them
+
+
+def _with_paths(cases: list) -> list:
+    """Each case with native=True, and once more with native=False for the bases that have C kernels."""
+    return [(*case, native) for case in cases for native in ((True, False) if case[0] in NATIVE_BASES else (True,))]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -49,16 +58,16 @@ def _sample(shape: List[int]) -> torch.Tensor:
     return torch.randn(*shape, dtype=torch.float64) * 1.5
 
 
-@pytest.mark.parametrize("basis_name,options", [
+@pytest.mark.parametrize("basis_name,options,native", _with_paths([
     ("bspline", {"degree": 1}), ("bspline", {"degree": 2}), ("bspline", {"degree": 3}),
     ("bspline", {"degree": 3, "grid_size": 7, "grid_range": (-2.0, 1.0)}),
     ("rbf", {}), ("rbf", {"grid_size": 5, "grid_range": (-1.0, 3.0)}),
     ("relu", {}), ("relu", {"degree": 2, "grid_size": 4, "train_phases": False}),
     ("bernstein", {"degree": 1}), ("bernstein", {"degree": 2}), ("bernstein", {"degree": 3}),
     ("bernstein", {"degree": 5}),
-])
+]))
 @pytest.mark.parametrize("groups", [1, 2])
-def test_fast_path_matches_expand(basis_name, options, groups):
+def test_fast_path_matches_expand(basis_name, options, native, groups):
     torch.manual_seed(0)
     basis = BASES[basis_name](4, **options).double()
     if basis_name == "relu" and basis.phase_low.requires_grad:
@@ -67,11 +76,12 @@ def test_fast_path_matches_expand(basis_name, options, groups):
             basis.phase_high.add_(0.05 * torch.randn_like(basis.phase_high))
     t = _sample([2, 4, 5, 3])
     t[0, 0, 0, :3] = basis.grid[:3].double() if hasattr(basis, "grid") else 0.0  # exactly on knots / centres
-    _check_against_expand(basis, t, groups)
+    with native_kernels_switched(native):
+        _check_against_expand(basis, t, groups)
 
 
-@pytest.mark.parametrize("basis_name", GRID_BASES)
-def test_fast_path_after_grid_refit(basis_name):
+@pytest.mark.parametrize("basis_name,native", _with_paths([(name,) for name in GRID_BASES]))
+def test_fast_path_after_grid_refit(basis_name, native):
     """update_grid moves the knots (non-uniform), rbf's width and relu's scale and phases."""
     torch.manual_seed(1)
     layer = KANConv2d(4, 4, 3, padding=1, basis=basis_name).double()
@@ -83,14 +93,15 @@ def test_fast_path_after_grid_refit(basis_name):
     if basis_name == "bspline":
         steps = after["grid"].diff()
         assert (steps.max() - steps.min()) > 1e-3, "the refitted knots should be non-uniform"
-    _check_against_expand(layer.basis, _sample([2, 4, 5, 3]), 1)
+    with native_kernels_switched(native):
+        _check_against_expand(layer.basis, _sample([2, 4, 5, 3]), 1)
 
 
-@pytest.mark.parametrize("basis_name,options", [
+@pytest.mark.parametrize("basis_name,options,native", _with_paths([
     ("bspline", {}), ("rbf", {}), ("relu", {}), ("relu", {"train_phases": False}), ("bernstein", {}),
-])
+]))
 @pytest.mark.parametrize("memory_efficient", [False, True])
-def test_layer_gradcheck_through_fused_node(basis_name, options, memory_efficient, monkeypatch):
+def test_layer_gradcheck_through_fused_node(basis_name, options, native, memory_efficient, monkeypatch):
     """float64 finite differences of a training-mode KANConv2d, whose backward runs expand_backward."""
     torch.manual_seed(2)
     layer = KANConv2d(4, 4, 3, padding=1, groups=2, basis=basis_name, memory_efficient=memory_efficient,
@@ -112,9 +123,10 @@ def test_layer_gradcheck_through_fused_node(basis_name, options, memory_efficien
         return functional_call(layer, dict(zip(names, ps)), (inp,))
 
     x = torch.randn(2, 4, 4, 4, dtype=torch.float64, requires_grad=True)
-    y = run(x, *params)
-    assert any("ExpandConv" in type(node).__name__ for node in _graph_nodes(y.grad_fn))
-    assert torch.autograd.gradcheck(run, (x,) + params, eps=1e-6, atol=1e-5, rtol=1e-4)
+    with native_kernels_switched(native):
+        y = run(x, *params)
+        assert any("ExpandConv" in type(node).__name__ for node in _graph_nodes(y.grad_fn))
+        assert torch.autograd.gradcheck(run, (x,) + params, eps=1e-6, atol=1e-5, rtol=1e-4)
     assert calls, "the backward did not go through expand_backward"
     if layer.basis.backward_reads_functions:  # given the Gaussians the conv ran on instead of recomputing them
         assert all(options.get("functions") is not None for options in calls)

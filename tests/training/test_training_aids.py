@@ -157,10 +157,10 @@ def test_cpu_kernels_flag_trains_like_the_eager_path_and_is_put_back(tiny_folder
     for flag in ("--no-cpu-kernels", "--cpu-kernels"):
         _reset()
         out = tmp_path / flag
-        main(_args(tiny_folder, out, "kan_test_vgg_bspline", "--no-model-ema", "--epochs", "1", flag))
+        main(_args(tiny_folder, out, "kan_test_vgg_wavelet", "--no-model-ema", "--epochs", "1", flag))
         losses[flag] = [float(r["train/loss"]) for r in _train_rows(out)]
         assert bool(calls) == (flag == "--cpu-kernels") and not cpu_kernels._FAILED  # compiled, not fallen back
         assert cpu_kernels_enabled() is False  # the run switched them back off
-    # closed-form B-splines against Cox-de Boor: the same training up to float rounding
+    # the wavelet node's compiled chunks against its eager chunks: the same training up to float rounding
     assert len(losses["--cpu-kernels"]) == 6
     assert losses["--cpu-kernels"] == pytest.approx(losses["--no-cpu-kernels"], rel=1e-4)

@@ -122,7 +122,7 @@ class Basis(nn.Module):
     def expands_in_pieces(self, t: torch.Tensor) -> bool:
         """Whether the fast paths should run expand_into / expand_backward on ``t`` a piece of the batch at
         a time (helpers.batch_chunks: eager temporaries stay in cache); False where the basis runs a
-        compiled kernel that keeps none (kan_zoo.layers.cpu_kernels)."""
+        C kernel that tiles the input itself (kan_zoo.layers.native_kernels)."""
         return True
 
     def expand_backward(

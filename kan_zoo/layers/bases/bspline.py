@@ -6,52 +6,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .. import cpu_kernels
+from .. import native_kernels
 from .base import Basis, register_basis, state_shape
-
-Terms = Tuple[Tuple[float, float], ...]
-
-
-def centered_bspline_terms(degree: int) -> Terms:
-    """((c_k, s_k), ...) with beta(r) = sum_k c_k max(0, s_k - r)^S: the centred cardinal B-spline of
-    degree S at distance r >= 0 from its centre (unit knot spacing). Of the S + 2 truncated powers of
-    the textbook form only those with s_k > 0 are nonzero there, which keeps the terms small."""
-    half = (degree + 1) / 2
-    return tuple(((-1) ** k * math.comb(degree + 1, k) / math.factorial(degree), half - k)
-                 for k in range(degree + 2) if half - k > 0)
-
-
-def _power(x: torch.Tensor, n: int) -> torch.Tensor:
-    """x ** n as n - 1 products: a Python loop specialises n when compiled (a symbolic exponent would
-    become a general pow, several times slower)."""
-    y = x
-    for _ in range(n - 1):
-        y = y * x
-    return y
-
-
-def _uniform_expand_kernel(t: torch.Tensor, out: torch.Tensor, origin: float, inv_spacing: float, degree: int,
-                           terms: Terms) -> None:
-    """expand_into on evenly spaced knots: function i is beta(|u - i - (S + 1) / 2|), u = (t - knot_0) / h.
-    Compiled into one loop (kan_zoo.layers.cpu_kernels) that reads t once and writes each function once."""
-    u = (t.unflatten(1, (out.shape[1], -1)) - origin) * inv_spacing
-    functions = []
-    for i in range(out.shape[2]):
-        r = (u - (i + (degree + 1) / 2)).abs()
-        functions.append(sum(c * _power(torch.clamp(s - r, min=0), degree) for c, s in terms))
-    out.copy_(torch.stack(functions, 2))
-
-
-def _uniform_backward_kernel(t: torch.Tensor, grad_out: torch.Tensor, origin: float, inv_spacing: float, degree: int,
-                             terms: Terms) -> torch.Tensor:
-    """dL/dt for :func:`_uniform_expand_kernel` (degree >= 2): sum_i dL/dB_i sign(d_i) beta'(|d_i|) / h."""
-    u = (t.unflatten(1, (grad_out.shape[1], -1)) - origin) * inv_spacing
-    grad = torch.zeros_like(u)
-    for i in range(grad_out.shape[2]):
-        d = u - (i + (degree + 1) / 2)
-        slope = sum(-degree * c * _power(torch.clamp(s - d.abs(), min=0), degree - 1) for c, s in terms)
-        grad = grad + grad_out[:, :, i] * torch.sign(d) * slope
-    return (grad * inv_spacing).flatten(1, 2)
 
 
 @register_basis
@@ -129,24 +85,27 @@ class BSplineBasis(Basis):
             bases.pop()
         return bases
 
-    def _compiled_kernel_grid(self, t: torch.Tensor) -> Optional[Tuple[float, float]]:
-        """(first knot, 1 / spacing) where the compiled CPU kernels apply to t: enabled, degree >= 2 (the
-        closed form's derivative is continuous there), and evenly spaced knots (no grid refit moved them)."""
-        if self.degree < 2 or not cpu_kernels.cpu_kernels_apply(t):
+    def _native_kernel(self, t: torch.Tensor, name: str):
+        """The C kernel ``name`` (kan_zoo.layers.native_kernels: the same Cox-de Boor steps as :meth:`_levels`,
+        on any increasing knots) where it applies to t, else None. Degree 0 is indicators only: eager."""
+        if self.degree < 1 or not native_kernels.native_kernels_apply(t):
             return None
-        g = self.host_values("grid", t.dtype)
-        spacing = (g[-1] - g[0]) / (len(g) - 1)
-        if any(abs(gj - g[0] - j * spacing) > 1e-5 * spacing for j, gj in enumerate(g)):
-            return None
-        return g[0], 1.0 / spacing
+        return native_kernels.kernel("bspline", name, t.dtype)
+
+    def _knots(self, t: torch.Tensor) -> torch.Tensor:
+        """The knots rounded to t's dtype, as the float64 array the C kernels read."""
+        return torch.tensor(self.host_values("grid", t.dtype), dtype=torch.float64)
 
     def expands_in_pieces(self, t: torch.Tensor) -> bool:
-        return self._compiled_kernel_grid(t) is None  # the compiled kernel has no temporaries to keep in cache
+        return self._native_kernel(t, "bspline_expand") is None  # the C kernels tile the input themselves
 
     def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
-        grid = self._compiled_kernel_grid(t)
-        if grid is not None and cpu_kernels.run_compiled(_uniform_expand_kernel, t, out, *grid, self.degree,
-                                             centered_bspline_terms(self.degree))[0]:
+        kernel = self._native_kernel(t, "bspline_expand")
+        strides = native_kernels.block_strides(out, 3) if kernel is not None else None  # (n, G, F) blocks
+        if strides is not None:
+            knots = self._knots(t)
+            native_kernels.call(kernel, t.contiguous(), out, out.shape[0], out.shape[1], math.prod(out.shape[3:]),
+                                *strides, knots, len(knots), self.degree, native_kernels.threads())
             return
         if self.degree == 0:  # indicators only: nothing to gain over the default
             return super().expand_into(t, out)
@@ -160,12 +119,14 @@ class BSplineBasis(Basis):
         s = self.degree
         if s == 0:  # piecewise constant: let autograd give its zeros
             return None
-        grid = self._compiled_kernel_grid(t)
-        if grid is not None:
-            done, grad_t = cpu_kernels.run_compiled(_uniform_backward_kernel, t, grad_out, *grid, s,
-                                                    centered_bspline_terms(s))
-            if done:
-                return grad_t, {}
+        kernel = self._native_kernel(t, "bspline_backward")
+        if kernel is not None:
+            grad_out = grad_out if native_kernels.block_strides(grad_out, 3) else grad_out.contiguous()
+            knots, grad_t = self._knots(t), torch.empty_like(t, memory_format=torch.contiguous_format)
+            native_kernels.call(kernel, t.contiguous(), grad_out, grad_t, grad_out.shape[0], grad_out.shape[1],
+                                math.prod(grad_out.shape[3:]), *native_kernels.block_strides(grad_out, 3), knots,
+                                len(knots), s, native_kernels.threads())
+            return grad_t, {}
         tv = t.unflatten(1, (grad_out.shape[1], -1))
         g = self.host_values("grid", t.dtype)
         if s == 1:  # B_{j,0}: the cell indicators

@@ -1,33 +1,13 @@
 """Gaussian radial basis functions (FastKAN)."""
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .. import cpu_kernels
+from .. import native_kernels
 from .base import Basis, register_basis, state_shape
-
-
-def _expand_kernel(t: torch.Tensor, out: torch.Tensor, centres: torch.Tensor, inv_width: float) -> None:
-    """RBFBasis.expand_into as one loop (compiled, kan_zoo.layers.cpu_kernels)."""
-    tv = t.unflatten(1, (out.shape[1], -1))
-    functions = []
-    for i in range(out.shape[2]):
-        z = (tv - centres[i]) * inv_width
-        functions.append(torch.exp(-(z * z)))
-    out.copy_(torch.stack(functions, 2))
-
-
-def _backward_kernel(t: torch.Tensor, grad_out: torch.Tensor, centres: torch.Tensor, inv_width: float) -> torch.Tensor:
-    """dL/dt of RBFBasis.expand_backward as one compiled loop; it recomputes each Gaussian (cheaper in
-    registers than reading the kept ones back from memory)."""
-    tv = t.unflatten(1, (grad_out.shape[1], -1))
-    grad_t = torch.zeros_like(tv)
-    for i in range(grad_out.shape[2]):
-        z = (tv - centres[i]) * inv_width
-        grad_t = grad_t + torch.exp(-(z * z)) * z * grad_out[:, :, i]
-    return (grad_t * (-2.0 * inv_width)).flatten(1, 2)
 
 
 @register_basis
@@ -69,15 +49,28 @@ class RBFBasis(Basis):
         return list(torch.exp(-(z * z)).unbind(-1))
 
     # -- the fused node's fast path: each Gaussian written in place in the stacked layout, adjoint by hand
+    def _native_kernel(self, t: torch.Tensor, name: str):
+        """The C kernel ``name`` (kan_zoo.layers.native_kernels: the steps of the eager loops below, in one
+        pass) where it applies to t, else None."""
+        return native_kernels.kernel("rbf", name, t.dtype) if native_kernels.native_kernels_apply(t) else None
+
+    def _native_constants(self, t: torch.Tensor) -> tuple:
+        """The centres and the function count, and the width as a 1-element array, in t's dtype."""
+        return (self.grid.detach().to(t.dtype).contiguous(), self.num_functions,
+                self.inv_width.detach().to(t.dtype).reshape(1))
+
     def expands_in_pieces(self, t: torch.Tensor) -> bool:
-        return not cpu_kernels.cpu_kernels_apply(t)  # the compiled kernels keep no temporaries
+        return self._native_kernel(t, "rbf_expand") is None  # the C kernels tile the input themselves
 
     def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
+        kernel = self._native_kernel(t, "rbf_expand")
+        strides = native_kernels.block_strides(out, 3) if kernel is not None else None  # (n, G, F) blocks
+        if strides is not None:
+            native_kernels.call(kernel, t.contiguous(), out, out.shape[0], out.shape[1], math.prod(out.shape[3:]),
+                                *strides, *self._native_constants(t), native_kernels.threads())
+            return
         tv = t.unflatten(1, (out.shape[1], -1))
         inv_width = self.host_values("inv_width", t.dtype)[0]  # a scalar: in-place ops take it without broadcasting
-        if cpu_kernels.cpu_kernels_apply(t) and cpu_kernels.run_compiled(
-                _expand_kernel, t, out, self.grid.to(t.dtype), inv_width)[0]:
-            return
         for i, mu in enumerate(self.host_values("grid", t.dtype)):
             z = torch.sub(tv, mu, out=out[:, :, i]).mul_(inv_width)
             z.mul_(z).neg_().exp_()  # exp(-(z * z)), the same roundings as expand
@@ -89,12 +82,20 @@ class RBFBasis(Basis):
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """d/dt exp(-z_i^2) = -2 z_i inv_width exp(-z_i^2); centres and width are buffers (no gradient).
         ``functions``: the forward's exp(-z_i^2) in grad_out's layout, else recomputed."""
+        kernel = self._native_kernel(t, "rbf_backward")
+        if kernel is not None:
+            grad_out = grad_out if native_kernels.block_strides(grad_out, 3) else grad_out.contiguous()
+            if functions is not None and native_kernels.block_strides(functions, 3) is None:
+                functions = functions.contiguous()
+            kept = grad_out if functions is None else functions  # a placeholder the kernel does not read
+            grad_t = torch.empty_like(t, memory_format=torch.contiguous_format)
+            native_kernels.call(kernel, t.contiguous(), grad_out, kept, grad_t, grad_out.shape[0], grad_out.shape[1],
+                                math.prod(grad_out.shape[3:]), *native_kernels.block_strides(grad_out, 3),
+                                *native_kernels.block_strides(kept, 3), *self._native_constants(t),
+                                int(functions is not None), native_kernels.threads())
+            return grad_t, {}
         tv = t.unflatten(1, (grad_out.shape[1], -1))
         inv_width = self.host_values("inv_width", t.dtype)[0]
-        if cpu_kernels.cpu_kernels_apply(t):
-            done, grad_t = cpu_kernels.run_compiled(_backward_kernel, t, grad_out, self.grid.to(t.dtype), inv_width)
-            if done:
-                return grad_t, {}
         grad_t = torch.zeros_like(tv)
         z, e = torch.empty_like(tv), torch.empty_like(tv)
         for i, mu in enumerate(self.host_values("grid", t.dtype)):

@@ -1,39 +1,14 @@
 """ReLU-KAN: squared products of ReLUs, a cheap bell on each grid cell."""
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from .. import cpu_kernels
+from .. import native_kernels
 from .base import Basis, register_basis, state_shape
-
-
-def _expand_kernel(t: torch.Tensor, out: torch.Tensor, low: torch.Tensor, high: torch.Tensor, scale: float) -> None:
-    """ReLUBasis.expand_into as one loop (compiled, kan_zoo.layers.cpu_kernels); the same roundings."""
-    tv = t.unflatten(1, (out.shape[1], -1))
-    functions = []
-    for i in range(out.shape[2]):
-        bell = torch.relu(tv - low[i]) * scale * torch.relu(high[i] - tv)
-        functions.append(bell * bell)
-    out.copy_(torch.stack(functions, 2))
-
-
-def _backward_kernel(t: torch.Tensor, grad_out: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
-                     factor: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ReLUBasis.expand_backward's (dL/dt, dL/dphase_low, dL/dphase_high) as one compiled kernel."""
-    tv = t.unflatten(1, (grad_out.shape[1], -1))
-    reduce_dims = (0,) + tuple(range(3, tv.ndim))
-    grad_t = torch.zeros_like(tv)
-    grad_low, grad_high = [], []
-    for i in range(grad_out.shape[2]):
-        p, q = torch.relu(tv - low[i]), torch.relu(high[i] - tv)
-        h = p * q * grad_out[:, :, i]
-        grad_t = grad_t + h * (q - p)
-        grad_low.append((h * q).sum(reduce_dims).flatten())
-        grad_high.append((h * p).sum(reduce_dims).flatten())
-    return (grad_t * factor).flatten(1, 2), torch.stack(grad_low, 1) * -factor, torch.stack(grad_high, 1) * factor
 
 
 @register_basis
@@ -84,15 +59,33 @@ class ReLUBasis(Basis):
         high = self.phase_high.detach().to(t.dtype).t().reshape(shape)
         return low, high
 
+    def _native_kernel(self, t: torch.Tensor, name: str):
+        """The C kernel ``name`` (kan_zoo.layers.native_kernels: the steps of the eager loops below, in one
+        pass) where it applies to t, else None."""
+        return native_kernels.kernel("relu", name, t.dtype) if native_kernels.native_kernels_apply(t) else None
+
+    def _native_args(self, t: torch.Tensor, grads: torch.Tensor) -> tuple:
+        """What both C kernels read after their tensors: n, groups, channels, positions, the (n, G, F) strides
+        of ``grads`` (the stacked layout), the phases as (C, F) arrays and the function count."""
+        low = self.phase_low.detach().to(t.dtype).contiguous()
+        high = self.phase_high.detach().to(t.dtype).contiguous()
+        strides = native_kernels.block_strides(grads, 3)
+        return (t.shape[0], grads.shape[1], t.shape[1], math.prod(t.shape[2:]), *strides, low, high,
+                self.num_functions)
+
     def expands_in_pieces(self, t: torch.Tensor) -> bool:
-        return not cpu_kernels.cpu_kernels_apply(t)  # the compiled kernels keep no temporaries
+        return self._native_kernel(t, "relu_expand") is None  # the C kernels tile the input themselves
 
     def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
+        kernel = self._native_kernel(t, "relu_expand")
+        if kernel is not None and native_kernels.block_strides(out, 3) is not None:
+            scale = self.scale.detach().to(t.dtype).reshape(1)
+            native_kernels.call(kernel, t.contiguous(), out, *self._native_args(t, out), scale,
+                                native_kernels.threads())
+            return
         tv = t.unflatten(1, (out.shape[1], -1))
         low, high = self._phases(t, out.shape[1])
         scale = self.host_values("scale", t.dtype)[0]
-        if cpu_kernels.cpu_kernels_apply(t) and cpu_kernels.run_compiled(_expand_kernel, t, out, low, high, scale)[0]:
-            return
         tmp = torch.empty_like(tv)
         for i in range(self.num_functions):
             # (scale * relu(x - a)) * relu(b - x), squared: the same order (and roundings) as expand
@@ -105,16 +98,20 @@ class ReLUBasis(Basis):
         h = P Q dL/dB: dL/dx = 2 s^2 h (Q - P), dL/da = -2 s^2 h Q, dL/db = 2 s^2 h P; where B = 0
         every term is 0, as autograd's relu backward gives."""
         groups = grad_out.shape[1]
-        tv = t.unflatten(1, (groups, -1))
-        low, high = self._phases(t, groups)
         factor = 2.0 * self.host_values("scale", t.dtype)[0] ** 2
         want_low, want_high = self.phase_low.requires_grad, self.phase_high.requires_grad
-        if cpu_kernels.cpu_kernels_apply(t):
-            done, result = cpu_kernels.run_compiled(_backward_kernel, t, grad_out, low, high, factor)
-            if done:
-                grad_t, low_grad, high_grad = result
-                wanted = {"phase_low": (want_low, low_grad), "phase_high": (want_high, high_grad)}
-                return grad_t, {name: g.to(getattr(self, name).dtype) for name, (want, g) in wanted.items() if want}
+        kernel = self._native_kernel(t, "relu_backward")
+        if kernel is not None:
+            grad_out = grad_out if native_kernels.block_strides(grad_out, 3) else grad_out.contiguous()
+            grad_t = torch.empty_like(t, memory_format=torch.contiguous_format)
+            sums = torch.zeros((2,) + self.phase_low.shape, dtype=torch.float64)  # h Q and h P per (channel, function)
+            native_kernels.call(kernel, t.contiguous(), grad_out, grad_t, *self._native_args(t, grad_out), sums[0],
+                                sums[1], native_kernels.threads())
+            wanted = {"phase_low": (want_low, sums[0] * -factor), "phase_high": (want_high, sums[1] * factor)}
+            grads = {name: g.to(getattr(self, name).dtype) for name, (want, g) in wanted.items() if want}
+            return grad_t.mul_(factor), grads
+        tv = t.unflatten(1, (groups, -1))
+        low, high = self._phases(t, groups)
         reduce_dims = (0,) + tuple(range(3, tv.ndim))  # batch and spatial: one value per channel
         grad_t = torch.zeros_like(tv)
         p, q, h = torch.empty_like(tv), torch.empty_like(tv), torch.empty_like(tv)
