@@ -40,9 +40,10 @@ _log = logging.getLogger(__name__)
 
 _ENABLED = os.environ.get("KAN_ZOO_NATIVE_KERNELS", "1") != "0"
 # -fopenmp: the loops run on torch's thread count, in the OpenMP runtime torch already loaded (libgomp.so.1).
-# Built again without it where the compiler has no OpenMP (single-threaded, still one pass).
-_FLAGS = ("-O3", "-march=native", "-std=c11", "-fPIC", "-shared")
-_OPENMP = ("-fopenmp",)
+# Where the compiler refuses a flag, the next set: without -march=native, then also without OpenMP
+# (single-threaded, still one pass).
+_FLAGS = ("-O3", "-std=c11", "-fPIC", "-shared")
+_FLAG_SETS = (_FLAGS + ("-march=native", "-fopenmp"), _FLAGS + ("-fopenmp",), _FLAGS)
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 # library name -> loaded library, or None where it cannot be built (no compiler, a failed build).
 _LIBRARIES: Dict[str, Optional[ctypes.CDLL]] = {}
@@ -168,7 +169,7 @@ def _load(library: str) -> Optional[ctypes.CDLL]:
         return None
     source = resources.files(__package__).joinpath("csrc", f"{library}.c").read_text()
     errors = []
-    for flags in (_FLAGS + _OPENMP, _FLAGS):
+    for flags in _FLAG_SETS:
         try:
             return ctypes.CDLL(str(_built(library, source, compiler, flags)))
         except (OSError, subprocess.SubprocessError) as error:

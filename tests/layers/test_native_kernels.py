@@ -336,6 +336,24 @@ def test_a_failed_build_warns_once_leaves_nothing_and_falls_back(fresh_cache, mo
     torch.testing.assert_close(y_again, y, rtol=0, atol=0)
 
 
+def test_flags_the_compiler_refuses_are_dropped(fresh_cache, monkeypatch, tmp_path):
+    """A compiler without -march=native or OpenMP still gets a (portable, single-threaded) library."""
+    picky = tmp_path / "picky-cc"
+    real = native_kernels._compiler()
+    picky.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in -march=native|-fopenmp) '
+                     f'echo "unsupported $a" >&2; exit 1;; esac; done\nexec {real} "$@"\n')
+    picky.chmod(0o755)
+    monkeypatch.setenv("CC", str(picky))
+    layer = KANConv2d(4, 4, 3, padding=1, basis="bspline")
+    x = torch.randn(2, 4, 6, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        native = run_with_grads(layer, x)
+    assert not layer.basis.expands_in_pieces(x) and len(list(fresh_cache.iterdir())) == 1
+    with native_kernels_switched(False):
+        assert_same_results(native, run_with_grads(layer, x), rtol=1e-5, atol=1e-6)
+
+
 def test_an_unwritable_cache_builds_in_a_private_temporary_directory(fresh_cache, monkeypatch, tmp_path):
     fresh_cache.parent.mkdir(exist_ok=True)
     fresh_cache.write_text("a file where the cache directory should be")
