@@ -14,8 +14,10 @@ This node works in chunks of (outputs of a group) x (positions) sized to stay in
   * backward: the same chunks recomputed, psi'(z) in closed form where the wavelet has one
     (autograd on the chunk otherwise); weight, scale, translation and input gradients are reduced
     per chunk. The node keeps only its input.
-Under autocast psi stays in full precision and the matmuls run in the autocast dtype, as the plain
-ops' convolution would. torch.compile calls the node outside the graph (kan_zoo.layers.conv); double
+On the CPU the chunk work runs as C kernels (kan_zoo.layers.native_kernels) for the wavelets that have
+one (mexican hat, derivative of Gaussian), else as torch.compile kernels where those are switched on
+(kan_zoo.layers.cpu_kernels), else as eager ops. Under autocast psi stays in full precision and the
+matmuls run in the autocast dtype, as the plain ops' convolution would. torch.compile calls the node outside the graph (kan_zoo.layers.conv); double
 backward replays the plain ops (``wavelet_conv``).
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from . import cpu_kernels
+from . import cpu_kernels, native_kernels
 from .fused import grads_where_needed
 
 __all__ = ["WaveletConvFunction", "wavelet_conv", "ChunkFunction"]
@@ -180,6 +182,81 @@ def _psi_backward_kernel(columns, inv_scale, shift, grad_psi, compute: torch.dty
     return psi, grad_z.sum(-1), (grad_z * z).sum(-1), grad_columns
 
 
+# Wavelets with C chunk kernels (csrc/wavelet.c): the kernel's "kind" code and the amplitude it applies.
+_NATIVE_WAVELETS = {"mexican_hat": 0, "dog": 1}
+
+
+def _native_chunks(basis, t: torch.Tensor, compute: torch.dtype, backward: bool):
+    """The C chunk kernel (forward, or backward) where it applies: a wavelet it knows, the C kernels on,
+    and everything in t's dtype (the kernel computes in it); else None."""
+    if basis.wavelet_type not in _NATIVE_WAVELETS or compute != t.dtype or basis.scale.dtype != t.dtype:
+        return None
+    if not native_kernels.native_kernels_apply(t):
+        return None
+    return native_kernels.kernel("wavelet", "wavelet_psi_backward" if backward else "wavelet_psi", t.dtype)
+
+
+def _native_args(columns: torch.Tensor, inv_scale: torch.Tensor, shift: torch.Tensor) -> tuple:
+    """The chunk's columns (rows strided, positions contiguous), its row stride, the chunk's affine rows."""
+    if columns.stride(1) != 1:
+        columns = columns.contiguous()
+    return columns, columns.stride(0), inv_scale.contiguous(), shift.contiguous()
+
+
+def _native_kind(basis, dtype: torch.dtype) -> tuple:
+    """The kernel's wavelet code and amplitude (mexican hat's scale; 1 for the others) as its array."""
+    from .bases.wavelet import _MEXICAN_HAT_SCALE
+
+    amplitude = _MEXICAN_HAT_SCALE if basis.wavelet_type == "mexican_hat" else 1.0
+    return _NATIVE_WAVELETS[basis.wavelet_type], torch.tensor([amplitude], dtype=dtype)
+
+
+class _ChunkKernels:
+    """How a node call evaluates its chunks: C kernels, else compiled kernels, else eager ops."""
+
+    def __init__(self, basis, t: torch.Tensor, compute: torch.dtype, backward: bool) -> None:
+        self.basis, self.compute = basis, compute
+        self.native = _native_chunks(basis, t, compute, backward)
+        self.kind = _native_kind(basis, compute) if self.native is not None else None
+        self.compiled = self.native is None and _compiled_chunks(basis, t, compute)
+
+    def psi(self, columns: torch.Tensor, inv_scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """psi(z) of a chunk as (outputs, inputs, positions)."""
+        if self.native is not None:
+            psi = columns.new_empty((inv_scale.shape[0],) + columns.shape)
+            native_kernels.call(self.native, *_native_args(columns, inv_scale, shift), *psi.shape, psi, *self.kind,
+                                native_kernels.threads())
+            return psi
+        if self.compiled:
+            done, psi = cpu_kernels.run_compiled(_psi_kernel, columns, inv_scale, shift, self.compute,
+                                                 self.basis.chunk_function)
+            if done:
+                return psi
+        return _psi(self.basis, _z(columns, inv_scale, shift, self.compute))
+
+    def backward(self, columns: torch.Tensor, inv_scale: torch.Tensor, shift: torch.Tensor,
+                 grad_psi: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """For a chunk: psi, the sums over positions of dL/dz and of dL/dz z, and either dL/dcolumns
+        (the kernels) or dL/dz itself (eager: the caller adds it output by output, without a sum(0) pass)."""
+        if self.native is not None:
+            psi = torch.empty_like(grad_psi)
+            sums = torch.zeros((2,) + grad_psi.shape[:2], dtype=torch.float64)  # per (output, input)
+            grad_columns = columns.new_empty(columns.shape)
+            native_kernels.call(self.native, *_native_args(columns, inv_scale, shift), grad_psi.contiguous(),
+                                *grad_psi.shape, psi, sums[0], sums[1], grad_columns, *self.kind,
+                                native_kernels.threads())
+            grad_shift, grad_z_times_z = sums.to(self.compute)
+            return psi, grad_shift, grad_z_times_z, grad_columns, None
+        if self.compiled:
+            done, result = cpu_kernels.run_compiled(_psi_backward_kernel, columns, inv_scale, shift, grad_psi,
+                                                    self.compute, self.basis.chunk_function)
+            if done:
+                return (*result, None)
+        z = _z(columns, inv_scale, shift, self.compute)
+        psi, grad_z = _psi_and_grad_z(self.basis, z, grad_psi)
+        return psi, grad_z.sum(-1), z.mul_(grad_z).sum(-1), None, grad_z
+
+
 def _compiled_chunks(basis, t: torch.Tensor, compute: torch.dtype) -> bool:
     """Whether the chunks run the compiled kernels: enabled, a closed-form wavelet, a float dtype."""
     return (basis.chunk_function is not None and cpu_kernels.cpu_kernels_apply(t)
@@ -192,13 +269,9 @@ def _forward(layer, t, scale, translation, weight, compute: torch.dtype, matmul:
     inv_scale, shift = _affine(scale, translation)
     tap_weight = weight.flatten(2).transpose(1, 2).to(matmul).contiguous()  # (C_out, K, c)
     tap_maps = t.new_empty(out_channels, taps, t.numel() // t.shape[1], dtype=matmul)
-    compiled = _compiled_chunks(layer.basis, t, compute)
+    kernels = _ChunkKernels(layer.basis, t, compute, backward=False)
     for _, o, p, columns in _chunked_columns(layer, t):
-        done, psi = (cpu_kernels.run_compiled(_psi_kernel, columns, inv_scale[o], shift[o], compute,
-                                              layer.basis.chunk_function) if compiled else (False, None))
-        if not done:
-            psi = _psi(layer.basis, _z(columns, inv_scale[o], shift[o], compute))
-        tap_maps[o, :, p] = torch.bmm(tap_weight[o], psi.to(matmul))
+        tap_maps[o, :, p] = torch.bmm(tap_weight[o], kernels.psi(columns, inv_scale[o], shift[o]).to(matmul))
     return _place_taps(layer, tap_maps.view(out_channels, taps, *t.shape[:1], *t.shape[2:]))
 
 
@@ -217,18 +290,11 @@ def _backward(layer, t, scale, translation, weight, grad_y, compute: torch.dtype
     grad_weight = torch.zeros(tap_weight.shape, dtype=compute, device=t.device)
     grad_shift_sum = torch.zeros(scale.shape, dtype=compute, device=t.device)  # sum over positions of dL/dz
     grad_z_times_z = torch.zeros_like(grad_shift_sum)  # sum over positions of dL/dz * z
-    compiled = _compiled_chunks(layer.basis, t, compute)
+    kernels = _ChunkKernels(layer.basis, t, compute, backward=True)
     for g, o, p, columns in _chunked_columns(layer, t):
         grad_psi = torch.bmm(tap_weight[o], grad_taps[o, :, p]).to(compute)
-        done, result = (cpu_kernels.run_compiled(_psi_backward_kernel, columns, inv_scale[o], shift[o],
-                                                 grad_psi, compute, layer.basis.chunk_function)
-                        if compiled else (False, None))
-        if done:
-            psi, grad_shift_part, grad_z_times_z_part, grad_columns_part = result
-        else:
-            z = _z(columns, inv_scale[o], shift[o], compute)
-            psi, grad_z = _psi_and_grad_z(layer.basis, z, grad_psi)
-            grad_shift_part, grad_z_times_z_part = grad_z.sum(-1), z.mul_(grad_z).sum(-1)
+        psi, grad_shift_part, grad_z_times_z_part, grad_columns_part, grad_z = kernels.backward(
+            columns, inv_scale[o], shift[o], grad_psi)
         grad_weight[o] += torch.bmm(psi.to(matmul), grad_taps[o, :, p].transpose(1, 2))
         del psi, grad_psi
         grad_shift_sum[o] += grad_shift_part
@@ -236,7 +302,7 @@ def _backward(layer, t, scale, translation, weight, grad_y, compute: torch.dtype
         # z = x / s - tau / s: the input gradient sums dL/dz / s over the group's outputs.
         if grad_columns is not None:
             rows = grad_columns[g * c:(g + 1) * c, p]
-            if done:
+            if grad_z is None:
                 rows += grad_columns_part
             else:
                 for grad_z_o, inv_scale_o in zip(grad_z, inv_scale[o, :, None]):  # one pass per output, no sum(0)

@@ -1,9 +1,9 @@
 """Hand-written C kernels for basis expansions on the CPU, built on first use with the system's C compiler.
 
-Why: the eager CPU fast path (Basis.expand_into / expand_backward) makes one pass over memory per
-elementwise op, tens of them per layer; a C loop runs all of a basis's steps on a small tile of the
-input that stays in L1 and writes each function once (bspline at 64 channels, 56x56, batch 8 on 2
-cores: expansion 16.5 -> 3.4 ms, its backward 16.5 -> 3.7 ms). Unlike the opt-in torch.compile
+Why: the eager CPU fast path (Basis.expand_into / expand_backward, the wavelet node's chunks) makes one
+pass over memory per elementwise op, tens of them per layer; a C loop runs all of a basis's steps on a
+small tile of the input that stays in L1 and writes each function once (bspline at 64 channels, 56x56,
+batch 8 on 2 cores: expansion 16.9 -> 4.1 ms, its backward 17.8 -> 4.5 ms). Sources: ``csrc/``. Unlike the opt-in torch.compile
 kernels (kan_zoo.layers.cpu_kernels) there are no torch headers to compile against: building one
 source takes about half a second, once per machine, and the library is cached on disk.
 
@@ -45,6 +45,8 @@ _ENABLED = os.environ.get("KAN_ZOO_NATIVE_KERNELS", "1") != "0"
 _FLAGS = ("-O3", "-std=c11", "-fPIC", "-shared")
 _FLAG_SETS = (_FLAGS + ("-march=native", "-fopenmp"), _FLAGS + ("-fopenmp",), _FLAGS)
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+# Compiled in front of every library's source (shared static inline functions; part of the cache key).
+_SHARED_HEADER = "vector_math.h"
 # library name -> loaded library, or None where it cannot be built (no compiler, a failed build).
 _LIBRARIES: Dict[str, Optional[ctypes.CDLL]] = {}
 
@@ -68,8 +70,8 @@ def native_kernels_apply(t: torch.Tensor) -> bool:
 
 
 def kernel(library: str, name: str, dtype: torch.dtype) -> Optional[ctypes._CFuncPtr]:
-    """The C function ``<name>_<f32|f64>`` of ``csrc/<library>.c`` (built and loaded on first use), or None
-    where it cannot be had. Every argument of these functions is a pointer or an int64."""
+    """The C function ``<name>_<f32|f64>`` of ``csrc/<library>.c`` (built after ``csrc/vector_math.h`` and
+    loaded on first use), or None where it cannot be had. Every argument is a pointer or an int64."""
     lib = _LIBRARIES.get(library, False)
     if lib is False:
         lib = _LIBRARIES[library] = _load(library)
@@ -167,7 +169,8 @@ def _load(library: str) -> Optional[ctypes.CDLL]:
     if compiler is None:
         _log.info("kan_zoo: no C compiler found; the basis expansions keep their eager CPU path")
         return None
-    source = resources.files(__package__).joinpath("csrc", f"{library}.c").read_text()
+    sources = resources.files(__package__).joinpath("csrc")
+    source = sources.joinpath(_SHARED_HEADER).read_text() + sources.joinpath(f"{library}.c").read_text()
     errors = []
     for flags in _FLAG_SETS:
         try:

@@ -116,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on CPU, keep freed tensor memory for the next steps instead of faulting in fresh pages "
                         "(kan_zoo.reuse_cpu_memory; glibc only)")
     o.add_argument("--cpu-kernels", action=argparse.BooleanOptionalAction, default=False,
-                   help="on CPU, run the wavelet node's chunks as compiled kernels (torch.compile; needs a C++ "
-                        "compiler, compiles for seconds at the first step). bspline, relu and rbf use C kernels "
-                        "by default instead (KAN_ZOO_NATIVE_KERNELS=0 turns those off)")
+                   help="on CPU, run the morlet wavelet node's chunks as compiled kernels (torch.compile; needs a "
+                        "C++ compiler, compiles for seconds at the first step). bspline, relu, rbf and the other "
+                        "wavelets use C kernels by default instead (KAN_ZOO_NATIVE_KERNELS=0 turns those off)")
     o.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     o.add_argument("--model-ema", action=argparse.BooleanOptionalAction, default=True,
                    help="keep an EMA of the weights (timm ModelEmaV3) and validate it too")

@@ -13,11 +13,18 @@ from typing import Iterator
 import pytest
 import torch
 
-from kan_zoo.layers import KANConv1d, KANConv2d, cpu_kernels, set_cpu_kernels_enabled, set_memory_efficient
+from kan_zoo.layers import (KANConv1d, KANConv2d, cpu_kernels, native_kernels, set_cpu_kernels_enabled,
+                            set_memory_efficient)
 
 from layer_helpers import assert_same_results, run_with_grads
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.xdist_group("cpu_kernels")]  # compile once
+
+
+@pytest.fixture(autouse=True)
+def _without_c_kernels(monkeypatch) -> None:
+    """The wavelet chunks prefer the C kernels (test_native_kernels.py) where both apply: off here."""
+    monkeypatch.setattr(native_kernels, "_ENABLED", False)
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
-"""The C basis kernels (kan_zoo.layers.native_kernels): the bspline, relu and rbf kernels against the eager
-fast paths (the same steps in the same order) and finite differences, in every layout the layers hand them,
-and the build machinery (cache, atomic writes, fallbacks, one OpenMP runtime)."""
+"""The C basis kernels (kan_zoo.layers.native_kernels): the bspline, relu and rbf kernels and the wavelet node's
+chunk kernels against the eager paths (the same steps in the same order) and finite differences, in every
+layout the layers hand them, and the build machinery (cache, atomic writes, fallbacks, one OpenMP runtime)."""
 import os
 import re
 import subprocess
@@ -29,8 +29,8 @@ BASES = ["bspline", "relu", "rbf"]  # the bases with C kernels
 def _built_for_real() -> Iterator[None]:
     """Without a compiler the kernels fall back to eager, which would make the comparisons below vacuous:
     fail instead (the CI machines have gcc)."""
-    for library in BASES:
-        assert native_kernels.kernel(library, f"{library}_expand", torch.float32) is not None, (
+    for library, name in [(basis, f"{basis}_expand") for basis in BASES] + [("wavelet", "wavelet_psi")]:
+        assert native_kernels.kernel(library, name, torch.float32) is not None, (
             f"the C kernels {library!r} could not be built: is a C compiler installed?")
     yield
 
@@ -135,6 +135,54 @@ def test_the_rbf_kernels_exp_is_within_an_ulp_of_the_exact_value(dtype, max_ulp)
     finite = torch.isfinite(rounded) & torch.isfinite(ulp) & (rounded > 0)
     assert ((out.double() - exact.double()).abs() / ulp)[finite].max() <= max_ulp
     assert torch.equal(out[rounded == 0], rounded[rounded == 0]) and torch.isinf(out[torch.isinf(rounded)]).all()
+
+
+def _wavelet_layer(wavelet_type: str, dtype: torch.dtype = torch.float64) -> KANConv2d:
+    layer = KANConv2d(4, 6, 3, padding=1, stride=2, groups=2, basis="wavelet", wavelet_type=wavelet_type).to(dtype)
+    with torch.no_grad():  # a trained layer's per-edge scales and translations
+        layer.basis.scale.uniform_(0.5, 1.5)
+        layer.basis.translation.uniform_(-0.5, 0.5)
+    return layer
+
+
+@pytest.mark.parametrize("wavelet_type", ["mexican_hat", "dog", "morlet"])
+def test_wavelet_chunk_kernels_equal_the_eager_chunks(wavelet_type, monkeypatch):
+    """psi forward, and psi, the dL/dz sums and dL/dx backward, in float64 over many chunks (one output per
+    chunk, positions split); morlet has no C kernel and keeps the eager chunks."""
+    from kan_zoo.layers import fused_wavelet
+
+    monkeypatch.setitem(fused_wavelet._CHUNK_ELEMENTS, "cpu", 40)
+    layer = _wavelet_layer(wavelet_type)
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64)
+    with native_kernels_switched(False):
+        eager = run_with_grads(layer, x)
+    uses_kernel = fused_wavelet._native_chunks(layer.basis, x, torch.float64, backward=True) is not None
+    assert uses_kernel == (wavelet_type != "morlet")
+    assert_same_results(run_with_grads(layer, x), eager, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_wavelet_layer_gradcheck_with_kernels(memory_efficient):
+    layer = KANConv1d(2, 3, 3, padding=1, basis="wavelet", memory_efficient=memory_efficient).double()
+    names = [n for n, p in layer.named_parameters() if p.requires_grad]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in layer.parameters() if p.requires_grad)
+    x = (torch.rand(2, 2, 6, dtype=torch.float64) * 2.4 - 1.2).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda inp, *ps: torch.func.functional_call(layer, dict(zip(names, ps)), (inp,)),
+                                    (x,) + params, eps=1e-6, atol=1e-6)
+
+
+def test_wavelet_kernels_float32_and_where_they_do_not_apply():
+    from kan_zoo.layers import fused_wavelet
+
+    layer = _wavelet_layer("mexican_hat", torch.float32)
+    x = torch.randn(2, 4, 9, 8)
+    with native_kernels_switched(False):
+        eager = run_with_grads(layer, x)
+    assert_same_results(run_with_grads(layer, x), eager, rtol=1e-5, atol=1e-5)
+    # The kernel computes in the input's dtype: float64 parameters on a float32 input keep the eager chunks.
+    assert fused_wavelet._native_chunks(layer.basis, x, torch.float32, backward=False) is not None
+    assert fused_wavelet._native_chunks(layer.basis, x, torch.float64, backward=False) is None
+    assert fused_wavelet._native_chunks(layer.double().basis, x, torch.float64, backward=False) is None
 
 
 def test_bspline_kernel_float32_matches_float64():
