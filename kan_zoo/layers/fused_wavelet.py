@@ -17,8 +17,8 @@ This node works in chunks of (outputs of a group) x (positions) sized to stay in
 On the CPU the chunk work runs as C kernels (kan_zoo.layers.native_kernels) for the wavelets that have
 one (mexican hat, derivative of Gaussian), else as torch.compile kernels where those are switched on
 (kan_zoo.layers.cpu_kernels), else as eager ops. Under autocast psi stays in full precision and the
-matmuls run in the autocast dtype, as the plain ops' convolution would. torch.compile calls the node outside the graph (kan_zoo.layers.conv); double
-backward replays the plain ops (``wavelet_conv``).
+matmuls run in the autocast dtype, as the plain ops' convolution would. torch.compile calls the node
+outside the graph (kan_zoo.layers.conv); double backward replays the plain ops (``wavelet_conv``).
 """
 from __future__ import annotations
 

@@ -3,9 +3,10 @@
 Why: the eager CPU fast path (Basis.expand_into / expand_backward, the wavelet node's chunks) makes one
 pass over memory per elementwise op, tens of them per layer; a C loop runs all of a basis's steps on a
 small tile of the input that stays in L1 and writes each function once (bspline at 64 channels, 56x56,
-batch 8 on 2 cores: expansion 16.9 -> 4.1 ms, its backward 17.8 -> 4.5 ms). Sources: ``csrc/``. Unlike the opt-in torch.compile
-kernels (kan_zoo.layers.cpu_kernels) there are no torch headers to compile against: building one
-source takes about half a second, once per machine, and the library is cached on disk.
+batch 8 on 2 cores: expansion 16.9 -> 4.1 ms, its backward 17.8 -> 4.5 ms). Sources: ``csrc/``.
+Unlike the opt-in torch.compile kernels (kan_zoo.layers.cpu_kernels) there are no torch headers to
+compile against: building one source takes about half a second, once per machine, and the library is
+cached on disk.
 
 On by default where a C compiler is found (``$CC``, else ``cc`` or ``gcc`` on PATH); off with
 ``kan_zoo.layers.set_native_kernels_enabled(False)`` or ``KAN_ZOO_NATIVE_KERNELS=0``. Without a

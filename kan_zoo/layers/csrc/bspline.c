@@ -10,12 +10,13 @@
 #define TILE 128
 
 /* Level 1 of the triangle for every hat j: max(0, min(D_j / (g_{j+1} - g_j), -D_{j+2} / (g_{j+2} - g_{j+1}))),
-   then levels 2..level in place, B_{j,k} = (D_j B_{j,k-1}) / (g_{j+k} - g_j) - D_{j+k+1} B_{j+1,k-1} / (g_{j+k+1} - g_{j+1}).
+   then levels 2..level in place,
+   B_{j,k} = (D_j B_{j,k-1}) / (g_{j+k} - g_j) - D_{j+k+1} B_{j+1,k-1} / (g_{j+k+1} - g_{j+1}).
    D is (knots, TILE) with D_j = t - g_j; B gets (knots - 1 - level, TILE), or, where ``out`` is given, the last
    level goes to out + j * ostride instead (no copy pass). */
 #define DEFINE_LEVELS(T, SUF)                                                                                  \
     static void levels_##SUF(const T* restrict t, int64_t len, const double* g, int64_t knots, int64_t level,    \
-                             T* restrict D, T* restrict B, T* out, int64_t ostride) {                                                    \
+                             T* restrict D, T* restrict B, T* out, int64_t ostride) {                                  \
         for (int64_t j = 0; j < knots; ++j) {                                                                   \
             const T gj = (T)g[j];                                                                               \
             T* restrict d = D + j * TILE;                                                                       \
@@ -96,7 +97,7 @@
                             B[j * TILE + i] = (T)(x[i] >= lo) - (T)(x[i] >= hi);                                \
                     }                                                                                           \
                 } else {                                                                                        \
-                    levels_##SUF(x, len, g, knots, degree - 1, D, B, NULL, 0);                                           \
+                    levels_##SUF(x, len, g, knots, degree - 1, D, B, NULL, 0);                                         \
                 }                                                                                               \
                 for (int64_t i = 0; i < len; ++i) acc[i] = 0;                                                   \
                 const T* go = grad_out + (row / groups) * gsn + (row % groups) * gsg + start;                   \
