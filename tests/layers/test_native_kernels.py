@@ -185,6 +185,46 @@ def test_wavelet_kernels_float32_and_where_they_do_not_apply():
     assert fused_wavelet._native_chunks(layer.double().basis, x, torch.float64, backward=False) is None
 
 
+@pytest.mark.parametrize("basis,options", [("bspline", {}), ("bspline", {"degree": 1}), ("relu", {}), ("rbf", {})])
+def test_nan_and_infinity_come_out_as_on_the_eager_path(basis, options):
+    """A diverged input must stay visible: NaN propagates (torch's clamp and relu keep it) and infinities give
+    what the eager ops give, forward and backward."""
+    layer = KANConv2d(4, 4, 3, padding=1, groups=2, basis=basis, **options)
+    t = torch.randn(2, 4, 5, 6)
+    t[0, 0, 0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.5])
+    grad_out = torch.randn(2, 2, layer.basis.num_functions, 2, 5, 6)
+    (out, grad_t, params), (out_k, grad_k, params_k) = _eager_and_native(layer.basis, t, 2, grad_out)
+    assert out[0, 0, :, 0, 0, 0].isnan().all()  # (its gradient: NaN, or 0 where eager takes an indicator)
+    torch.testing.assert_close(out_k, out, rtol=1e-6, atol=1e-7, equal_nan=True)
+    torch.testing.assert_close(grad_k, grad_t, rtol=1e-5, atol=1e-6, equal_nan=True)
+    for name in params:
+        torch.testing.assert_close(params_k[name], params[name], equal_nan=True)
+
+
+def test_nan_comes_out_of_the_wavelet_chunk_kernels():
+    from kan_zoo.layers import fused_wavelet
+
+    layer = _wavelet_layer("mexican_hat")
+    t = torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    t[1, 1, 3, 4] = float("nan")  # an input of group 0
+    columns = fused_wavelet._columns(t)[:2]  # group 0's inputs
+    inv_scale, shift = fused_wavelet._affine(layer.basis.scale.detach()[:3], layer.basis.translation.detach()[:3])
+    grad_psi = torch.randn(3, 2, columns.shape[1], dtype=torch.float64)
+    results = []
+    for enabled in (False, True):
+        with native_kernels_switched(enabled), torch.no_grad():
+            kernels = fused_wavelet._ChunkKernels(layer.basis, t, torch.float64, backward=True)
+            assert (kernels.native is not None) == enabled
+            psi, grad_shift, grad_z_z, grad_columns, grad_z = kernels.backward(columns, inv_scale, shift,
+                                                                               grad_psi.clone())
+            if grad_z is not None:
+                grad_columns = (grad_z * inv_scale[:, :, None]).sum(0)
+            results.append((psi, grad_shift, grad_z_z, grad_columns))
+    for eager, native in zip(*results):
+        assert eager.isnan().any()
+        torch.testing.assert_close(native, eager, rtol=1e-12, atol=1e-13, equal_nan=True)
+
+
 def test_bspline_kernel_float32_matches_float64():
     basis = BSplineBasis(4, degree=3, grid_size=7)
     t = _inputs((2, 4, 9, 8), basis.grid)

@@ -9,7 +9,9 @@
 
 #define TILE 128
 
-/* Level 1 of the triangle for every hat j: max(0, min(D_j / (g_{j+1} - g_j), -D_{j+2} / (g_{j+2} - g_{j+1}))),
+/* Comparisons are written so that NaN passes through as in torch (clamp and relu keep NaN): `x < 0 ? 0 : x`.
+
+   Level 1 of the triangle for every hat j: max(0, min(D_j / (g_{j+1} - g_j), -D_{j+2} / (g_{j+2} - g_{j+1}))),
    then levels 2..level in place,
    B_{j,k} = (D_j B_{j,k-1}) / (g_{j+k} - g_j) - D_{j+k+1} B_{j+1,k-1} / (g_{j+k+1} - g_{j+1}).
    D is (knots, TILE) with D_j = t - g_j; B gets (knots - 1 - level, TILE), or, where ``out`` is given, the last
@@ -29,7 +31,7 @@
             for (int64_t i = 0; i < len; ++i) {                                                                 \
                 T x = dl[i] * left, y = dr[i] * right;                                                          \
                 x = y < x ? y : x;                                                                              \
-                b[i] = x > 0 ? x : 0;                                                                           \
+                b[i] = x < 0 ? 0 : x;                                                                           \
             }                                                                                                   \
         }                                                                                                       \
         for (int64_t k = 2; k <= level; ++k) {                                                                  \

@@ -11,6 +11,8 @@
 
 #define TILE 256
 
+/* relu as `x < 0 ? 0 : x`, so that NaN passes through as in torch.relu. */
+
 /* out (n, groups, functions, channels / groups, spatial) at strides (osn, osg, osf, spatial, 1). low and
    high are (channels, functions), contiguous. */
 #define DEFINE_EXPAND(T, SUF)                                                                                  \
@@ -31,8 +33,8 @@
                 T* restrict of = o + f * osf;                                                                   \
                 for (int64_t i = 0; i < len; ++i) {                                                             \
                     T p = x[i] - a, q = e - x[i];                                                               \
-                    p = p > 0 ? p : 0;                                                                          \
-                    q = q > 0 ? q : 0;                                                                          \
+                    p = p < 0 ? 0 : p;                                                                          \
+                    q = q < 0 ? 0 : q;                                                                          \
                     const T bell = p * r * q;                                                                   \
                     of[i] = bell * bell;                                                                        \
                 }                                                                                               \
@@ -72,8 +74,8 @@
                     _Pragma("omp simd reduction(+: sq, sp)")                                                    \
                     for (int64_t i = 0; i < len; ++i) {                                                         \
                         T p = x[i] - a, q = e - x[i];                                                           \
-                        p = p > 0 ? p : 0;                                                                      \
-                        q = q > 0 ? q : 0;                                                                      \
+                        p = p < 0 ? 0 : p;                                                                      \
+                        q = q < 0 ? 0 : q;                                                                      \
                         const T h = p * q * gf[i], hq = q * h, hp = p * h;                                      \
                         acc[i] = acc[i] + hq - hp;                                                              \
                         sq += hq;                                                                               \
