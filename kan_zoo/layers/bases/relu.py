@@ -104,9 +104,12 @@ class ReLUBasis(Basis):
         if kernel is not None:
             grad_out = grad_out if native_kernels.block_strides(grad_out, 3) else grad_out.contiguous()
             grad_t = torch.empty_like(t, memory_format=torch.contiguous_format)
-            sums = torch.zeros((2,) + self.phase_low.shape, dtype=torch.float64)  # h Q and h P per (channel, function)
-            native_kernels.call(kernel, t.contiguous(), grad_out, grad_t, *self._native_args(t, grad_out), sums[0],
-                                sums[1], native_kernels.threads())
+            threads = native_kernels.threads()
+            # h Q and h P per (channel, function), one slice per thread, added up here in thread order
+            sums = torch.zeros((threads, 2) + self.phase_low.shape, dtype=torch.float64)
+            native_kernels.call(kernel, t.contiguous(), grad_out, grad_t, *self._native_args(t, grad_out), sums,
+                                threads)
+            sums = sums.sum(0)
             wanted = {"phase_low": (want_low, sums[0] * -factor), "phase_high": (want_high, sums[1] * factor)}
             grads = {name: g.to(getattr(self, name).dtype) for name, (want, g) in wanted.items() if want}
             return grad_t.mul_(factor), grads

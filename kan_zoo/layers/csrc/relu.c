@@ -6,8 +6,13 @@
    float (f32) and double (f64). The input is (rows = n * channels, spatial), contiguous; a row's channel
    is row % channels. */
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD_ID omp_get_thread_num()
+#else
+#define THREAD_ID 0
+#endif
 
 #define TILE 256
 
@@ -45,21 +50,19 @@
 
 /* With P = relu(x - a), Q = relu(b - x), h = P Q dL/dB: grad_t = sum_f (h Q - h P) (times 2 r^2 by the
    caller), and per (channel, function) the sums of h Q and h P over the batch and positions, accumulated
-   in double into sum_q and sum_p (channels, functions), which the caller zeroed. */
+   in double into sums (threads, 2, channels, functions), zeroed by the caller: each thread its own slice
+   (static schedule: the same work per thread every call), which the caller adds up in order, so that the
+   result does not depend on which thread finishes first. */
 #define DEFINE_BACKWARD(T, SUF)                                                                                \
     int relu_backward_##SUF(const T* t, const T* grad_out, T* grad_t, int64_t n, int64_t groups,                 \
                             int64_t channels, int64_t spatial, int64_t gsn, int64_t gsg, int64_t gsf,            \
-                            const T* low, const T* high, int64_t functions, double* sum_q, double* sum_p,        \
-                            int64_t threads) {                                                                  \
+                            const T* low, const T* high, int64_t functions, double* sums, int64_t threads) {    \
         const int64_t per_group = channels / groups, tiles = (spatial + TILE - 1) / TILE;                       \
-        int failed = 0;                                                                                         \
-        _Pragma("omp parallel num_threads(threads) reduction(|: failed)")                                       \
+        _Pragma("omp parallel num_threads(threads)")                                                            \
         {                                                                                                       \
-            double* mine = calloc(2 * channels * functions, sizeof(double)); /* this thread's sums */            \
-            if (!mine) failed = 1;                                                                              \
+            double* mine = sums + THREAD_ID * 2 * channels * functions; /* this thread's h Q, then h P sums */  \
             _Pragma("omp for schedule(static)")                                                                 \
             for (int64_t w = 0; w < n * channels * tiles; ++w) {                                                \
-                if (!mine) continue;                                                                            \
                 const int64_t tile = w % tiles, row = w / tiles, start = tile * TILE;                           \
                 const int64_t len = spatial - start < TILE ? spatial - start : TILE;                            \
                 const int64_t b = row / channels, c = row % channels, g = c / per_group;                        \
@@ -86,16 +89,8 @@
                 }                                                                                               \
                 memcpy(grad_t + row * spatial + start, acc, sizeof(T) * len);                                   \
             }                                                                                                   \
-            if (mine) {                                                                                         \
-                _Pragma("omp critical")                                                                         \
-                for (int64_t k = 0; k < channels * functions; ++k) {                                            \
-                    sum_q[k] += mine[k];                                                                        \
-                    sum_p[k] += mine[channels * functions + k];                                                 \
-                }                                                                                               \
-            }                                                                                                   \
-            free(mine);                                                                                         \
         }                                                                                                       \
-        return failed;                                                                                          \
+        return 0;                                                                                               \
     }
 
 DEFINE_EXPAND(float, f32)
