@@ -165,17 +165,32 @@ def _build(source: str, compiler: str, flags: Sequence[str], path: Path) -> None
             os.unlink(tmp)
 
 
+def _source(library: str) -> str:
+    sources = resources.files(__package__).joinpath("csrc")
+    return sources.joinpath(_SHARED_HEADER).read_text() + sources.joinpath(f"{library}.c").read_text()
+
+
+def _opened(library: str, source: str, compiler: str, flags: Sequence[str]) -> ctypes.CDLL:
+    """The library loaded; a cached file that does not load (damaged, or not a library at all) is built again.
+    (A cached file is never rewritten in place: a process that has it loaded would crash on its next page.)"""
+    path = _built(library, source, compiler, flags)
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)
+        return ctypes.CDLL(str(_built(library, source, compiler, flags)))
+
+
 def _load(library: str) -> Optional[ctypes.CDLL]:
     compiler = _compiler()
     if compiler is None:
         _log.info("kan_zoo: no C compiler found; the basis expansions keep their eager CPU path")
         return None
-    sources = resources.files(__package__).joinpath("csrc")
-    source = sources.joinpath(_SHARED_HEADER).read_text() + sources.joinpath(f"{library}.c").read_text()
+    source = _source(library)
     errors = []
     for flags in _FLAG_SETS:
         try:
-            return ctypes.CDLL(str(_built(library, source, compiler, flags)))
+            return _opened(library, source, compiler, flags)
         except (OSError, subprocess.SubprocessError) as error:
             detail = getattr(error, "stderr", None) or str(error)
             errors.append(f"{' '.join(flags)}: {detail.strip()[-300:]}")

@@ -388,6 +388,30 @@ def test_built_once_then_loaded_from_the_cache(fresh_cache, monkeypatch):
     assert len(builds) == 1
 
 
+def test_a_damaged_cached_library_is_built_again(fresh_cache):
+    flags = native_kernels._FLAG_SETS[0]
+    name = native_kernels._library_name("bspline", native_kernels._source("bspline"), native_kernels._compiler(), flags)
+    fresh_cache.mkdir(parents=True)
+    (fresh_cache / name).write_bytes(b"not a shared library")  # e.g. written by a tool whose disk filled up
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert native_kernels.kernel("bspline", "bspline_expand", torch.float32) is not None
+    assert [p.name for p in fresh_cache.iterdir()] == [name] and (fresh_cache / name).read_bytes()[:4] == b"\x7fELF"
+
+
+def test_processes_building_at_once_share_one_library(fresh_cache):
+    """DDP on CPU starts several processes that reach their first KAN layer together: all of them load a
+    library, and the cache ends with one file and no temporaries."""
+    code = ("import torch; from kan_zoo.layers import native_kernels as n; "
+            "assert n.kernel('relu', 'relu_expand', torch.float32) is not None")
+    env = dict(os.environ, KAN_ZOO_KERNEL_CACHE=str(fresh_cache))
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert [p.suffix for p in fresh_cache.iterdir()] == [".so"]
+
+
 def test_the_library_name_follows_source_compiler_and_flags():
     name = native_kernels._library_name
     base = name("bspline", "int x;", "/usr/bin/cc", ("-O3",))
