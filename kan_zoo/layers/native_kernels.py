@@ -35,7 +35,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["set_native_kernels_enabled", "native_kernels_enabled", "native_kernels_apply", "kernel", "block_strides"]
+__all__ = ["set_native_kernels_enabled", "native_kernels_enabled", "native_kernels_apply", "kernel", "call",
+           "block_strides", "blocked", "threads"]
 
 _log = logging.getLogger(__name__)
 
@@ -100,6 +101,11 @@ def block_strides(x: torch.Tensor, leading: int) -> Optional[Tuple[int, ...]]:
             return None
         expected *= size
     return tuple(x.stride()[:leading])
+
+
+def blocked(x: torch.Tensor, leading: int) -> torch.Tensor:
+    """x itself where :func:`block_strides` finds its blocks contiguous, else a contiguous copy."""
+    return x if block_strides(x, leading) is not None else x.contiguous()
 
 
 def threads() -> int:

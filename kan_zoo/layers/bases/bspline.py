@@ -19,6 +19,7 @@ class BSplineBasis(Basis):
     """
 
     name = "bspline"
+    native_library = "bspline"
     base_activation = "gelu"
     output_activation = "prelu_per_group"
 
@@ -85,22 +86,17 @@ class BSplineBasis(Basis):
             bases.pop()
         return bases
 
-    def _native_kernel(self, t: torch.Tensor, name: str):
-        """The C kernel ``name`` (kan_zoo.layers.native_kernels: the same Cox-de Boor steps as :meth:`_levels`,
-        on any increasing knots) where it applies to t, else None. Degree 0 is indicators only: eager."""
-        if self.degree < 1 or not native_kernels.native_kernels_apply(t):
-            return None
-        return native_kernels.kernel("bspline", name, t.dtype)
+    def native_kernel(self, t: torch.Tensor, direction: str):
+        """The C kernels run the same Cox-de Boor steps as :meth:`_levels` on any increasing knots; degree 0
+        is indicators only, which stays eager."""
+        return super().native_kernel(t, direction) if self.degree >= 1 else None
 
     def _knots(self, t: torch.Tensor) -> torch.Tensor:
         """The knots rounded to t's dtype, as the float64 array the C kernels read."""
         return torch.tensor(self.host_values("grid", t.dtype), dtype=torch.float64)
 
-    def expands_in_pieces(self, t: torch.Tensor) -> bool:
-        return self._native_kernel(t, "bspline_expand") is None  # the C kernels tile the input themselves
-
     def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
-        kernel = self._native_kernel(t, "bspline_expand")
+        kernel = self.native_kernel(t, "expand")
         strides = native_kernels.block_strides(out, 3) if kernel is not None else None  # (n, G, F) blocks
         if strides is not None:
             knots = self._knots(t)
@@ -119,9 +115,9 @@ class BSplineBasis(Basis):
         s = self.degree
         if s == 0:  # piecewise constant: let autograd give its zeros
             return None
-        kernel = self._native_kernel(t, "bspline_backward")
+        kernel = self.native_kernel(t, "backward")
         if kernel is not None:
-            grad_out = grad_out if native_kernels.block_strides(grad_out, 3) else grad_out.contiguous()
+            grad_out = native_kernels.blocked(grad_out, 3)
             knots, grad_t = self._knots(t), torch.empty_like(t, memory_format=torch.contiguous_format)
             native_kernels.call(kernel, t.contiguous(), grad_out, grad_t, grad_out.shape[0], grad_out.shape[1],
                                 math.prod(grad_out.shape[3:]), *native_kernels.block_strides(grad_out, 3), knots,

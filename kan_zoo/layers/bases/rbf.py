@@ -22,6 +22,7 @@ class RBFBasis(Basis):
     """
 
     name = "rbf"
+    native_library = "rbf"
     added_buffers = ("inv_width",)
     output_activation = "identity"
     normalizes_input = True
@@ -49,21 +50,13 @@ class RBFBasis(Basis):
         return list(torch.exp(-(z * z)).unbind(-1))
 
     # -- the fused node's fast path: each Gaussian written in place in the stacked layout, adjoint by hand
-    def _native_kernel(self, t: torch.Tensor, name: str):
-        """The C kernel ``name`` (kan_zoo.layers.native_kernels: the steps of the eager loops below, in one
-        pass) where it applies to t, else None."""
-        return native_kernels.kernel("rbf", name, t.dtype) if native_kernels.native_kernels_apply(t) else None
-
     def _native_constants(self, t: torch.Tensor) -> tuple:
         """The centres and the function count, and the width as a 1-element array, in t's dtype."""
         return (self.grid.detach().to(t.dtype).contiguous(), self.num_functions,
                 self.inv_width.detach().to(t.dtype).reshape(1))
 
-    def expands_in_pieces(self, t: torch.Tensor) -> bool:
-        return self._native_kernel(t, "rbf_expand") is None  # the C kernels tile the input themselves
-
     def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
-        kernel = self._native_kernel(t, "rbf_expand")
+        kernel = self.native_kernel(t, "expand")
         strides = native_kernels.block_strides(out, 3) if kernel is not None else None  # (n, G, F) blocks
         if strides is not None:
             native_kernels.call(kernel, t.contiguous(), out, out.shape[0], out.shape[1], math.prod(out.shape[3:]),
@@ -82,12 +75,10 @@ class RBFBasis(Basis):
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """d/dt exp(-z_i^2) = -2 z_i inv_width exp(-z_i^2); centres and width are buffers (no gradient).
         ``functions``: the forward's exp(-z_i^2) in grad_out's layout, else recomputed."""
-        kernel = self._native_kernel(t, "rbf_backward")
+        kernel = self.native_kernel(t, "backward")
         if kernel is not None:
-            grad_out = grad_out if native_kernels.block_strides(grad_out, 3) else grad_out.contiguous()
-            if functions is not None and native_kernels.block_strides(functions, 3) is None:
-                functions = functions.contiguous()
-            kept = grad_out if functions is None else functions  # a placeholder the kernel does not read
+            grad_out = native_kernels.blocked(grad_out, 3)
+            kept = grad_out if functions is None else native_kernels.blocked(functions, 3)  # grad_out: not read
             grad_t = torch.empty_like(t, memory_format=torch.contiguous_format)
             native_kernels.call(kernel, t.contiguous(), grad_out, kept, grad_t, grad_out.shape[0], grad_out.shape[1],
                                 math.prod(grad_out.shape[3:]), *native_kernels.block_strides(grad_out, 3),

@@ -24,6 +24,7 @@ class ReLUBasis(Basis):
     """
 
     name = "relu"
+    native_library = "relu"
     added_buffers = ("scale",)
 
     def __init__(self, channels: int, degree: int = 3, grid_size: int = 5, train_phases: bool = True) -> None:
@@ -59,11 +60,6 @@ class ReLUBasis(Basis):
         high = self.phase_high.detach().to(t.dtype).t().reshape(shape)
         return low, high
 
-    def _native_kernel(self, t: torch.Tensor, name: str):
-        """The C kernel ``name`` (kan_zoo.layers.native_kernels: the steps of the eager loops below, in one
-        pass) where it applies to t, else None."""
-        return native_kernels.kernel("relu", name, t.dtype) if native_kernels.native_kernels_apply(t) else None
-
     def _native_args(self, t: torch.Tensor, grads: torch.Tensor) -> tuple:
         """What both C kernels read after their tensors: n, groups, channels, positions, the (n, G, F) strides
         of ``grads`` (the stacked layout), the phases as (C, F) arrays and the function count."""
@@ -73,11 +69,8 @@ class ReLUBasis(Basis):
         return (t.shape[0], grads.shape[1], t.shape[1], math.prod(t.shape[2:]), *strides, low, high,
                 self.num_functions)
 
-    def expands_in_pieces(self, t: torch.Tensor) -> bool:
-        return self._native_kernel(t, "relu_expand") is None  # the C kernels tile the input themselves
-
     def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
-        kernel = self._native_kernel(t, "relu_expand")
+        kernel = self.native_kernel(t, "expand")
         if kernel is not None and native_kernels.block_strides(out, 3) is not None:
             scale = self.scale.detach().to(t.dtype).reshape(1)
             native_kernels.call(kernel, t.contiguous(), out, *self._native_args(t, out), scale,
@@ -100,9 +93,9 @@ class ReLUBasis(Basis):
         groups = grad_out.shape[1]
         factor = 2.0 * self.host_values("scale", t.dtype)[0] ** 2
         want_low, want_high = self.phase_low.requires_grad, self.phase_high.requires_grad
-        kernel = self._native_kernel(t, "relu_backward")
+        kernel = self.native_kernel(t, "backward")
         if kernel is not None:
-            grad_out = grad_out if native_kernels.block_strides(grad_out, 3) else grad_out.contiguous()
+            grad_out = native_kernels.blocked(grad_out, 3)
             grad_t = torch.empty_like(t, memory_format=torch.contiguous_format)
             threads = native_kernels.threads()
             # h Q and h P per (channel, function), one slice per thread, added up here in thread order
