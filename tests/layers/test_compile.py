@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from kan_zoo.layers import BASES, BottleneckKANConv2d, KANConv2d, KANConvNd, fused
-from layer_helpers import run_with_grads
+from layer_helpers import native_kernels_switched, run_with_grads
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -118,3 +118,37 @@ def test_compiled_graph_leaves_the_constant_function_out_of_the_convolution(basi
     main_conv = (6, 4 * functions, 3, 3)
     expected = [main_conv] if basis == "bspline" else [main_conv, (6, 1, 3, 3)]
     assert weight_shapes == expected
+
+
+@pytest.mark.parametrize("basis", ["bspline", "relu", "rbf"])
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_compiled_graphs_call_the_c_kernels_as_custom_ops(basis, memory_efficient):
+    """The grid bases' graphs (one graph, fullgraph) call their C kernels as kan_zoo custom ops with their own
+    backward (kan_zoo.layers.native_ops); compiled equals eager, gradients (relu's phases too) included; with
+    the kernels off the graph has the plain ops again."""
+    targets = []
+
+    def recording_backend(gm, example_inputs):
+        for module in gm.modules():  # with the subgraphs of higher-order ops (memory-efficient mode's checkpoint)
+            if isinstance(module, torch.fx.GraphModule):
+                targets.extend(str(node.target) for node in module.graph.nodes if node.op == "call_function")
+        return gm
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = KANConv2d(4, 6, 3, padding=1, groups=2, basis=basis, memory_efficient=memory_efficient).double().train()
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    compiled = torch.compile(copy.deepcopy(layer), backend=recording_backend, fullgraph=True)
+    y_compiled, grads_compiled = run_with_grads(compiled, x)
+    y, grads = run_with_grads(layer, x)
+    assert f"kan_zoo.{basis}_basis.default" in targets
+    torch.testing.assert_close(y_compiled, y, rtol=1e-12, atol=1e-12)
+    assert {k.removeprefix("_orig_mod.") for k in grads_compiled} == set(grads)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_compiled["_orig_mod." + name if name != "input" else name], grad,
+                                   rtol=1e-11, atol=1e-12, msg=name)
+    targets.clear()
+    torch._dynamo.reset()
+    with native_kernels_switched(False):
+        torch.compile(copy.deepcopy(layer), backend=recording_backend, fullgraph=True)(x)
+    assert targets and not any("kan_zoo" in target for target in targets)

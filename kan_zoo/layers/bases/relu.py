@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .. import native_kernels
+from .. import native_kernels, native_ops
 from .base import Basis, register_basis, state_shape
 
 
@@ -44,6 +44,8 @@ class ReLUBasis(Basis):
         return self.grid_size + self.degree
 
     def expand(self, t: torch.Tensor) -> List[torch.Tensor]:
+        if native_ops.traced_kernel_applies(self, t):  # a compiled graph: the C kernels
+            return list(native_ops.relu_basis(t, self.phase_low, self.phase_high, self.scale).unbind(1))
         spatial = (1,) * (t.ndim - 2)
         x = t.unsqueeze(2)  # (N, C, 1, *spatial)
         low = self.phase_low.to(t.dtype).reshape(self.phase_low.shape + spatial)
