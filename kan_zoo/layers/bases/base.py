@@ -82,8 +82,8 @@ class Basis(nn.Module):
     # Where expand_backward can use the forward's function values (``functions``) instead of recomputing
     # them: the fused node passes them when it kept the stacked tensor (default mode).
     backward_reads_functions: ClassVar[bool] = False
-    # Where the fast paths have C kernels (kan_zoo.layers.native_kernels): csrc/<native_library>.c, with
-    # functions <native_library>_expand and <native_library>_backward.
+    # Where the fast paths have C kernels: csrc/<native_library>.c (kan_zoo.layers.native_kernels builds it,
+    # kan_zoo.layers.native_ops calls it).
     native_library: ClassVar[Optional[str]] = None
 
     def __init__(self, channels: int, degree: int) -> None:
@@ -128,14 +128,13 @@ class Basis(nn.Module):
         """Whether the fast paths should run expand_into / expand_backward on ``t`` a piece of the batch at
         a time (helpers.batch_chunks: eager temporaries stay in cache); False where the basis runs a
         C kernel that tiles the input itself (kan_zoo.layers.native_kernels)."""
-        return self.native_kernel(t, "expand") is None
+        return not self.runs_native_kernels(t)
 
-    def native_kernel(self, t: torch.Tensor, direction: str):
-        """The C kernel ``<native_library>_<direction>`` ("expand" or "backward") where it applies to t (the
-        kernels on and built, a plain float CPU tensor), else None."""
-        if self.native_library is None or not native_kernels.native_kernels_apply(t):
-            return None
-        return native_kernels.kernel(self.native_library, f"{self.native_library}_{direction}", t.dtype)
+    def runs_native_kernels(self, t: torch.Tensor) -> bool:
+        """Whether the fast paths run the basis's C kernels (kan_zoo.layers.native_ops) on t: the basis has
+        them, they are on and built, and t is a plain float CPU tensor."""
+        return (self.native_library is not None and native_kernels.native_kernels_apply(t)
+                and native_kernels.kernel(self.native_library, f"{self.native_library}_expand", t.dtype) is not None)
 
     def expand_backward(
         self, t: torch.Tensor, grad_out: torch.Tensor, skip_constant: bool = False

@@ -1,7 +1,6 @@
 """Uniform B-splines (the original KAN)."""
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -88,23 +87,14 @@ class BSplineBasis(Basis):
             bases.pop()
         return bases
 
-    def native_kernel(self, t: torch.Tensor, direction: str):
+    def runs_native_kernels(self, t: torch.Tensor) -> bool:
         """The C kernels run the same Cox-de Boor steps as :meth:`_levels` on any increasing knots; degree 0
         is indicators only, which stays eager."""
-        return super().native_kernel(t, direction) if self.degree >= 1 else None
-
-    def _knots(self, t: torch.Tensor) -> torch.Tensor:
-        """The knots rounded to t's dtype, as the float64 array the C kernels read."""
-        return torch.tensor(self.host_values("grid", t.dtype), dtype=torch.float64)
+        return self.degree >= 1 and super().runs_native_kernels(t)
 
     def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
-        kernel = self.native_kernel(t, "expand")
-        strides = native_kernels.block_strides(out, 3) if kernel is not None else None  # (n, G, F) blocks
-        if strides is not None:
-            knots = self._knots(t)
-            native_kernels.call(kernel, t.contiguous(), out, out.shape[0], out.shape[1], math.prod(out.shape[3:]),
-                                *strides, knots, len(knots), self.degree, native_kernels.threads())
-            return
+        if self.runs_native_kernels(t) and native_kernels.block_strides(out, 3) is not None:
+            return native_ops.bspline_expand_into(t, out, self.grid, self.degree)
         if self.degree == 0:  # indicators only: nothing to gain over the default
             return super().expand_into(t, out)
         self._levels(t.unflatten(1, (out.shape[1], -1)), self.degree, out)
@@ -117,14 +107,8 @@ class BSplineBasis(Basis):
         s = self.degree
         if s == 0:  # piecewise constant: let autograd give its zeros
             return None
-        kernel = self.native_kernel(t, "backward")
-        if kernel is not None:
-            grad_out = native_kernels.blocked(grad_out, 3)
-            knots, grad_t = self._knots(t), torch.empty_like(t, memory_format=torch.contiguous_format)
-            native_kernels.call(kernel, t.contiguous(), grad_out, grad_t, grad_out.shape[0], grad_out.shape[1],
-                                math.prod(grad_out.shape[3:]), *native_kernels.block_strides(grad_out, 3), knots,
-                                len(knots), s, native_kernels.threads())
-            return grad_t, {}
+        if self.runs_native_kernels(t):
+            return native_ops.bspline_grad(t, grad_out, self.grid, s), {}
         tv = t.unflatten(1, (grad_out.shape[1], -1))
         g = self.host_values("grid", t.dtype)
         if s == 1:  # B_{j,0}: the cell indicators

@@ -1,7 +1,6 @@
 """Gaussian radial basis functions (FastKAN)."""
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -52,18 +51,9 @@ class RBFBasis(Basis):
         return list(torch.exp(-(z * z)).unbind(-1))
 
     # -- the fused node's fast path: each Gaussian written in place in the stacked layout, adjoint by hand
-    def _native_constants(self, t: torch.Tensor) -> tuple:
-        """The centres and the function count, and the width as a 1-element array, in t's dtype."""
-        return (self.grid.detach().to(t.dtype).contiguous(), self.num_functions,
-                self.inv_width.detach().to(t.dtype).reshape(1))
-
     def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
-        kernel = self.native_kernel(t, "expand")
-        strides = native_kernels.block_strides(out, 3) if kernel is not None else None  # (n, G, F) blocks
-        if strides is not None:
-            native_kernels.call(kernel, t.contiguous(), out, out.shape[0], out.shape[1], math.prod(out.shape[3:]),
-                                *strides, *self._native_constants(t), native_kernels.threads())
-            return
+        if self.runs_native_kernels(t) and native_kernels.block_strides(out, 3) is not None:
+            return native_ops.rbf_expand_into(t, out, self.grid, self.inv_width)
         tv = t.unflatten(1, (out.shape[1], -1))
         inv_width = self.host_values("inv_width", t.dtype)[0]  # a scalar: in-place ops take it without broadcasting
         for i, mu in enumerate(self.host_values("grid", t.dtype)):
@@ -77,16 +67,8 @@ class RBFBasis(Basis):
     ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """d/dt exp(-z_i^2) = -2 z_i inv_width exp(-z_i^2); centres and width are buffers (no gradient).
         ``functions``: the forward's exp(-z_i^2) in grad_out's layout, else recomputed."""
-        kernel = self.native_kernel(t, "backward")
-        if kernel is not None:
-            grad_out = native_kernels.blocked(grad_out, 3)
-            kept = grad_out if functions is None else native_kernels.blocked(functions, 3)  # grad_out: not read
-            grad_t = torch.empty_like(t, memory_format=torch.contiguous_format)
-            native_kernels.call(kernel, t.contiguous(), grad_out, kept, grad_t, grad_out.shape[0], grad_out.shape[1],
-                                math.prod(grad_out.shape[3:]), *native_kernels.block_strides(grad_out, 3),
-                                *native_kernels.block_strides(kept, 3), *self._native_constants(t),
-                                int(functions is not None), native_kernels.threads())
-            return grad_t, {}
+        if self.runs_native_kernels(t):
+            return native_ops.rbf_grad(t, grad_out, self.grid, self.inv_width, functions), {}
         tv = t.unflatten(1, (grad_out.shape[1], -1))
         inv_width = self.host_values("inv_width", t.dtype)[0]
         grad_t = torch.zeros_like(tv)

@@ -1,7 +1,6 @@
 """ReLU-KAN: squared products of ReLUs, a cheap bell on each grid cell."""
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -62,22 +61,9 @@ class ReLUBasis(Basis):
         high = self.phase_high.detach().to(t.dtype).t().reshape(shape)
         return low, high
 
-    def _native_args(self, t: torch.Tensor, grads: torch.Tensor) -> tuple:
-        """What both C kernels read after their tensors: n, groups, channels, positions, the (n, G, F) strides
-        of ``grads`` (the stacked layout), the phases as (C, F) arrays and the function count."""
-        low = self.phase_low.detach().to(t.dtype).contiguous()
-        high = self.phase_high.detach().to(t.dtype).contiguous()
-        strides = native_kernels.block_strides(grads, 3)
-        return (t.shape[0], grads.shape[1], t.shape[1], math.prod(t.shape[2:]), *strides, low, high,
-                self.num_functions)
-
     def expand_into(self, t: torch.Tensor, out: torch.Tensor) -> None:
-        kernel = self.native_kernel(t, "expand")
-        if kernel is not None and native_kernels.block_strides(out, 3) is not None:
-            scale = self.scale.detach().to(t.dtype).reshape(1)
-            native_kernels.call(kernel, t.contiguous(), out, *self._native_args(t, out), scale,
-                                native_kernels.threads())
-            return
+        if self.runs_native_kernels(t) and native_kernels.block_strides(out, 3) is not None:
+            return native_ops.relu_expand_into(t, out, self.phase_low, self.phase_high, self.scale)
         tv = t.unflatten(1, (out.shape[1], -1))
         low, high = self._phases(t, out.shape[1])
         scale = self.host_values("scale", t.dtype)[0]
@@ -95,19 +81,11 @@ class ReLUBasis(Basis):
         groups = grad_out.shape[1]
         factor = 2.0 * self.host_values("scale", t.dtype)[0] ** 2
         want_low, want_high = self.phase_low.requires_grad, self.phase_high.requires_grad
-        kernel = self.native_kernel(t, "backward")
-        if kernel is not None:
-            grad_out = native_kernels.blocked(grad_out, 3)
-            grad_t = torch.empty_like(t, memory_format=torch.contiguous_format)
-            threads = native_kernels.threads()
-            # h Q and h P per (channel, function), one slice per thread, added up here in thread order
-            sums = torch.zeros((threads, 2) + self.phase_low.shape, dtype=torch.float64)
-            native_kernels.call(kernel, t.contiguous(), grad_out, grad_t, *self._native_args(t, grad_out), sums,
-                                threads)
-            sums = sums.sum(0)
-            wanted = {"phase_low": (want_low, sums[0] * -factor), "phase_high": (want_high, sums[1] * factor)}
-            grads = {name: g.to(getattr(self, name).dtype) for name, (want, g) in wanted.items() if want}
-            return grad_t.mul_(factor), grads
+        if self.runs_native_kernels(t):
+            grad_t, grad_low, grad_high = native_ops.relu_grads(t, grad_out, self.phase_low, self.phase_high,
+                                                                self.scale)
+            wanted = {"phase_low": (want_low, grad_low), "phase_high": (want_high, grad_high)}
+            return grad_t, {name: grad for name, (want, grad) in wanted.items() if want}
         tv = t.unflatten(1, (groups, -1))
         low, high = self._phases(t, groups)
         reduce_dims = (0,) + tuple(range(3, tv.ndim))  # batch and spatial: one value per channel
