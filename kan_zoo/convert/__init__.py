@@ -8,5 +8,6 @@ from .torch_conv_kan import (
 )
 from .vgg import adapt_kan_stem, convert_vgg_state_dict, is_reference_vgg_state_dict
 
-__all__ = ["convert_layer_state_dict", "convert_block_state_dict", "check_state_dict_matches", "detect_reference_family",
-           "REFERENCE_FAMILIES", "convert_vgg_state_dict", "is_reference_vgg_state_dict", "adapt_kan_stem"]
+__all__ = ["convert_layer_state_dict", "convert_block_state_dict", "check_state_dict_matches",
+           "detect_reference_family", "REFERENCE_FAMILIES", "convert_vgg_state_dict", "is_reference_vgg_state_dict",
+           "adapt_kan_stem"]

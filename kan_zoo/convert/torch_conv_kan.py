@@ -12,8 +12,8 @@ from typing import Dict, List, Mapping, Optional
 
 import torch
 
-__all__ = ["convert_layer_state_dict", "convert_block_state_dict", "check_state_dict_matches", "detect_reference_family",
-           "REFERENCE_FAMILIES"]
+__all__ = ["convert_layer_state_dict", "convert_block_state_dict", "check_state_dict_matches",
+           "detect_reference_family", "REFERENCE_FAMILIES"]
 
 Tensor = torch.Tensor
 
@@ -40,7 +40,8 @@ def detect_reference_family(keys) -> str:
     if "poly_conv.weight" in keys and "beta_weights" in keys:
         # KAGNConvNDLayerV2 (kagn_conv_v2.py): with groups > 1 its degree-major basis feeds each group
         # channels of other inputs and degrees, which no KAN conv computes (docs/moe_attention.md).
-        raise ValueError("torch-conv-kan's KAGNConvNDLayerV2 is not supported: its grouped layout is not a KAN conv")
+        raise ValueError("torch-conv-kan's KAGNConvNDLayerV2 is not supported: its grouped layout is not "
+                         "a KAN conv")
     if "inner_proj.0.weight" in keys:
         return "bottleneck_kagn"
     if "beta_weights" in keys:
