@@ -18,8 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .bottleneck import BottleneckKANConv1d, BottleneckKANConv2d, BottleneckKANConv3d
-from .conv import KANConv1d, KANConv2d, KANConv3d
+from .bottleneck import kan_conv_class
 from .helpers import NormSpec, check_input, create_norm, to_tuple
 
 __all__ = [
@@ -27,14 +26,8 @@ __all__ = [
     "KANFocalModulationNd", "KANFocalModulation1d", "KANFocalModulation2d", "KANFocalModulation3d",
 ]
 
-_KAN_CONVS = {1: KANConv1d, 2: KANConv2d, 3: KANConv3d}
-_BOTTLENECK_CONVS = {1: BottleneckKANConv1d, 2: BottleneckKANConv2d, 3: BottleneckKANConv3d}
 _PLAIN_CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 RESIDUAL_GATES = ("input", "attention")
-
-
-def _kan_conv_class(ndim: int, bottleneck: bool) -> type:
-    return (_BOTTLENECK_CONVS if bottleneck else _KAN_CONVS)[ndim]
 
 
 class RotaryEmbedding(nn.Module):
@@ -161,7 +154,7 @@ class KANSelfAttentionNd(nn.Module):
         plain = _PLAIN_CONVS[n]
         self.proj_in = plain(channels, width, 1, **factory) if inner_channels is not None else None
         self.proj_out = plain(width, channels, 1, **factory) if inner_channels is not None else None
-        proj = _kan_conv_class(n, bottleneck)
+        proj = kan_conv_class(n, bottleneck)
         self.proj_q, self.proj_k, self.proj_v = (
             proj(width, width, kernel, padding=padding, dilation=dilation, norm_layer=norm_layer, **factory,
                  **conv_options)
@@ -203,8 +196,8 @@ class KANSelfAttentionNd(nn.Module):
 class KANFocalModulationNd(nn.Module):
     """Focal modulation (FocalNets) with KAN convs.
 
-    q, z_0, g = split(proj_in(x)) into C, C and L + 1 channels; z_l = focal_layers[l](z_{l-1}), a
-    depth-wise KAN conv of kernel focal_window + l * focal_factor, for l = 1..L; ctx = sum_l g_l z_l,
+    q, z_0, g = split(proj_in(x)) into C, C and L + 1 channels; z_l = focal_layers[l - 1](z_{l-1}), a
+    depth-wise KAN conv of kernel focal_window + (l - 1) * focal_factor, for l = 1..L; ctx = sum_l g_l z_l,
     then ctx += mean over positions(ctx) * g_{L+1} (and ctx /= L + 1 with ``normalize_modulator``);
     y = proj_out(norm(q * modulator(ctx))). proj_in, modulator and proj_out are 1x1 KAN convs
     (``kan_projections=False``: proj_in and modulator are plain 1x1 convs with bias, as the research
@@ -261,7 +254,7 @@ class KANFocalModulationNd(nn.Module):
         self.normalize_modulator = normalize_modulator
         factory = {"device": device, "dtype": dtype}
         kan = {"norm_layer": norm_layer, **factory, **conv_options}
-        proj = _kan_conv_class(n, bottleneck)
+        proj = kan_conv_class(n, bottleneck)
         gated = 2 * channels + focal_level + 1
         if kan_projections:
             self.proj_in = proj(channels, gated, 1, **kan)
@@ -270,7 +263,7 @@ class KANFocalModulationNd(nn.Module):
             self.proj_in = _PLAIN_CONVS[n](channels, gated, 1, **factory)
             self.modulator = _PLAIN_CONVS[n](channels, channels, 1, **factory)
         self.focal_layers = nn.ModuleList(
-            _KAN_CONVS[n](channels, channels, k, padding=k // 2, groups=channels, **kan) for k in kernels
+            kan_conv_class(n)(channels, channels, k, padding=k // 2, groups=channels, **kan) for k in kernels
         )
         self.norm = create_norm(norm_layer, channels, n).to(**factory) if post_norm else nn.Identity()
         self.proj_out = proj(channels, channels, 1, **kan)

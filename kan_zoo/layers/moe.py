@@ -15,22 +15,18 @@ search.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Dict, NamedTuple, Optional, Sequence, Union
+from typing import Any, ClassVar, Dict, NamedTuple, Optional, Union
 
 import torch
 from timm.layers import register_notrace_module
 from torch import nn
 from torch.nn import functional as F
 
-from .bottleneck import BottleneckKANConv1d, BottleneckKANConv2d, BottleneckKANConv3d
-from .conv import KANConv1d, KANConv2d, KANConv3d
+from .bottleneck import kan_conv_class
+from .conv import _IntOrTuple
 from .helpers import check_input
 
 __all__ = ["MoEKANConvNd", "MoEKANConv1d", "MoEKANConv2d", "MoEKANConv3d", "Routing", "cv_squared", "moe_aux_loss"]
-
-_IntOrTuple = Union[int, Sequence[int]]
-_KAN_CONVS = {1: KANConv1d, 2: KANConv2d, 3: KANConv3d}
-_BOTTLENECK_CONVS = {1: BottleneckKANConv1d, 2: BottleneckKANConv2d, 3: BottleneckKANConv3d}
 
 
 class Routing(NamedTuple):
@@ -112,7 +108,7 @@ class MoEKANConvNd(nn.Module):
         self.num_experts, self.top_k = num_experts, top_k
         self.noisy_gating, self.noise_epsilon = bool(noisy_gating), float(noise_epsilon)
         self.renormalize = bool(renormalize)
-        expert_cls = (_BOTTLENECK_CONVS if bottleneck else _KAN_CONVS)[self.ndim]
+        expert_cls = kan_conv_class(self.ndim, bottleneck)
         self.experts = nn.ModuleList(
             expert_cls(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                        device=device, dtype=dtype, **conv_options)
