@@ -61,7 +61,8 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models._registry import generate_default_cfgs
 from torch import nn
 
-from ..layers import BottleneckKANConv2d, KANConv2d, get_basis_class
+from ..layers import KANConv2d, get_basis_class
+from ..layers.bottleneck import kan_conv_class
 from ._common import FeatureTapsMixin, HeadFcMixin, check_min_input_size, kan_conv_args, run_stages
 from ._registry import arch_variants, classifier_cfg, register_entry_points
 
@@ -223,12 +224,12 @@ class KANRDNet(FeatureTapsMixin, HeadFcMixin, nn.Module):
         self.num_classes, self.in_chans, self.grad_checkpointing = num_classes, in_chans, False
 
         kan_args = kan_conv_args(basis, degree, LayerNorm2d, basis_options, **dd)
-        depthwise = partial(KANConv2d, **kan_args)
-        pointwise = partial(BottleneckKANConv2d if bottleneck else KANConv2d, **kan_args)
+        conv_cls = kan_conv_class(2, bottleneck)
+        depthwise = partial(KANConv2d, **kan_args)  # a bottleneck of a depth-wise conv would be 1 channel wide
+        pointwise = partial(conv_cls, **kan_args)
         # A per-pixel LayerNorm over the image channels would erase the intensity an input norm sees.
         stem_args = dict(kan_args, norm_layer="batch") if get_basis_class(basis).normalizes_input else kan_args
-        stem_cls = BottleneckKANConv2d if bottleneck else KANConv2d
-        self.stem = stem_cls(in_chans, num_init_features, patch_size, stride=patch_size, **stem_args)
+        self.stem = conv_cls(in_chans, num_init_features, patch_size, stride=patch_size, **stem_args)
 
         dp_rates = calculate_drop_path_rates(drop_path_rate, list(num_blocks_list), stagewise=True)
         self.feature_info: List[Dict[str, Any]] = []
