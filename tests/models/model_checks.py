@@ -21,7 +21,8 @@ from hub_helpers import build_local_hf_cache, use_local_hf_cache
 __all__ = [
     "create", "images", "assert_grads_finite", "train_losses", "save_weights", "serve_tag_weights",
     "assert_encoder_weights", "check_registry_without_weights", "check_full_model_cfg", "check_forward_backward",
-    "check_grad_checkpointing", "CONTRACT_CHECKS",
+    "check_grad_checkpointing", "check_classifier_reset", "check_fits_a_fixed_batch", "check_rejects_bad_inputs",
+    "CONTRACT_CHECKS",
 ]
 
 
@@ -239,8 +240,21 @@ def check_fx_matches_eager(name: str, size: int) -> None:
         whole(images(size=size // 2))  # the size check survives tracing
 
 
+def check_rejects_bad_inputs(name: str, size: int) -> None:
+    """Inputs below the total stride ``size`` (non-square too), of the wrong channels or rank: clear errors."""
+    model = create(name).eval()
+    with pytest.raises(ValueError, match=rf"at least {size}x{size} .* got {size // 2}x{size + 8}"):
+        model(torch.randn(1, 3, size // 2, size + 8))
+    with pytest.raises(ValueError, match=rf"at least {size}x{size}"):
+        model.forward_intermediates(images(size=size - 1))
+    with pytest.raises(ValueError, match="channels"):
+        model(images(chans=4, size=size))
+    with pytest.raises(ValueError, match="4-D"):
+        model(torch.randn(3, size, size))
+
+
 # The checks a family's tiny classifier passes as they are: ``(name, size)`` -> None.
 CONTRACT_CHECKS = (
     check_fits_a_fixed_batch, check_features_only, check_forward_intermediates_and_prune, check_classifier_reset,
-    check_group_matcher, check_in_chans_dtype_device, check_fx_matches_eager,
+    check_group_matcher, check_in_chans_dtype_device, check_fx_matches_eager, check_rejects_bad_inputs,
 )
