@@ -12,6 +12,7 @@ every process exits with status 2.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, List, Optional, TypeVar
@@ -55,11 +56,12 @@ def agree(accelerator: Any, error: Optional[BaseException]) -> None:
     failed = [(rank, r) for rank, r in enumerate(reports) if r is not None]
     if not failed:
         return
-    if error is not None:
-        raise error
-    rank, (_, message, user_error) = failed[0]
-    raise PeerError(message if user_error else f"process {rank} failed during setup: {message} (its traceback "
-                                               f"is above)")
+    if error is None:
+        rank, (_, message, user_error) = failed[0]
+        error = PeerError(message if user_error else f"process {rank} failed during setup: {message} (its "
+                                                     f"traceback is above)")
+    error.agreed = True  # every process is on its way out: exit_on_error may wait for the others
+    raise error
 
 
 @contextmanager
@@ -95,13 +97,19 @@ def main_process_first(accelerator: Any, fn: Callable[[], T]) -> T:
 
 def exit_on_error(error: BaseException) -> None:
     """What the entry point does with a user error or PeerError: one line from the main process, status 2."""
+    # The launcher sends SIGTERM to whoever is still running once one process has exited: finish
+    # leaving with our own status instead of being reported as killed.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if is_main_process():
         print(f"error: {error}", file=sys.stderr, flush=True)
-    try:
+    if getattr(error, "agreed", False):
+        # Leave together: a process that is still printing when another has exited is sent SIGTERM
+        # by the launcher, which then reports that signal too.
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    except Exception:  # noqa: BLE001  leaving anyway
-        pass
+            dist.barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)
     sys.exit(2)

@@ -163,9 +163,10 @@ def _loss(ctx: LoopContext, out: torch.Tensor, teacher_out: Optional[torch.Tenso
     return assemble_loss(task, distill, ctx.args.distill_alpha, extra)
 
 
-def _record(path: str, rank: int, state: TrainState, ids: List[str]) -> None:
+def _record(path: str, rank: int, state: TrainState, batch: Dict[str, Any]) -> None:
+    entry = {"epoch": state.epoch, "batch": state.batch_in_epoch, "pass": batch.get("pass"), "ids": batch["ids"]}
     with open(f"{path}.{rank}", "a") as f:
-        f.write(json.dumps({"epoch": state.epoch, "batch": state.batch_in_epoch, "ids": ids}) + "\n")
+        f.write(json.dumps(entry) + "\n")
 
 
 def train_one_epoch(ctx: LoopContext, loader: Iterable, progress: Any) -> None:
@@ -193,7 +194,7 @@ def train_one_epoch(ctx: LoopContext, loader: Iterable, progress: Any) -> None:
             ctx.optimizer.zero_grad(set_to_none=True)
         state.batch_in_epoch += 1
         if args.record_samples:  # test hook: which samples each batch trained on
-            _record(args.record_samples, acc.process_index, state, batch["ids"])
+            _record(args.record_samples, acc.process_index, state, batch)
         for name, term in terms.items():
             ctx.window[name] = ctx.window.get(name, 0.0) + term
         ctx.window["n"] += 1

@@ -106,6 +106,10 @@ def use_cpu(force: bool) -> bool:
 
 
 def data_and_model(args: Any) -> Tuple[Any, torch.nn.Module]:
+    if args.no_progress:  # datasets' download / cache-building bars too
+        import datasets
+
+        datasets.disable_progress_bars()
     data = load_data(args)
     return data, create_model(args, data.num_classes, data.in_chans)
 

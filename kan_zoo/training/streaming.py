@@ -73,26 +73,29 @@ class StreamingTrainLoader:
         self.dataset, self.loader, self.batches, self.device = dataset, loader, batches, device
         self.pass_index = 0
         self._iterator: Optional[Iterator] = None
+        self._batches_this_pass = 0
 
     def epoch(self, skip: int = 0) -> Iterator[Dict[str, Any]]:
         from .data import DataError
 
-        left, empty_pass = self.batches - skip, True
+        left = self.batches - skip
         while left > 0:
             if self._iterator is None:
                 self.dataset.set_epoch(self.pass_index)
-                self._iterator = iter(self.loader)
+                self._iterator, self._batches_this_pass = iter(self.loader), 0
             try:
                 batch = next(self._iterator)
             except StopIteration:
-                if empty_pass:
+                if not self._batches_this_pass:
                     raise DataError("this process's shard of the streamed training data is empty") from None
-                self._iterator, self.pass_index, empty_pass = None, self.pass_index + 1, True
+                self._iterator, self.pass_index = None, self.pass_index + 1
                 continue
-            empty_pass = False
+            self._batches_this_pass += 1
             left -= 1
-            yield {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-                   for k, v in batch.items()}
+            batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                     for k, v in batch.items()}
+            batch["pass"] = self.pass_index
+            yield batch
 
     def state_dict(self) -> Dict[str, Any]:
         return {"pass": self.pass_index, "loader": self.loader.state_dict() if self._iterator is not None else {}}
@@ -103,7 +106,7 @@ class StreamingTrainLoader:
         if state.get("loader"):
             self.dataset.set_epoch(self.pass_index)  # datasets applies a state only to its own pass
             self.loader.load_state_dict(state["loader"])
-            self._iterator = iter(self.loader)
+            self._iterator, self._batches_this_pass = iter(self.loader), 1  # resumed inside a pass
 
     def save(self, folder: Path, rank: int) -> None:
         (folder / STREAM_STATE_FILE.format(rank=rank)).write_text(json.dumps(self.state_dict()))
