@@ -35,8 +35,6 @@ from compare_baselines import train_args  # noqa: E402  the digits recipe
 
 def _train(model: str, data: Path, out: Path, epochs: int, img_size: int, seed: int, extra: Sequence[str]) -> float:
     """Trains (or reuses a finished run); returns the reloaded export's test accuracy (%)."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
     from kan_zoo.demo import evaluate_folder
     from kan_zoo.training import main as train_main
 
@@ -46,8 +44,6 @@ def _train(model: str, data: Path, out: Path, epochs: int, img_size: int, seed: 
         resume = ["--resume"] if (out / "checkpoints").is_dir() else []
         train_main(train_args(model, data, out, epochs, img_size, seed) + list(extra) + resume)
         timing.write_text(f"{time.time() - start:.1f}")
-        for state in (AcceleratorState, GradientState, PartialState):  # the next run builds its own
-            state._reset_state(*(True,) if state is AcceleratorState else ())
     acc, _ = evaluate_folder(out / "export", data, "test")
     return acc
 

@@ -89,7 +89,8 @@ def _hub_unreachable(args: Any, error: Exception) -> DataError:
                   for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     where = "the Hub cannot be reached while offline (HF_HUB_OFFLINE=1) and it is not in the local cache" \
         if offline else "not found on the Hugging Face Hub nor in the local cache"
-    return DataError(f"no local path {args.dataset!r} exists (looked in {os.getcwd()}){_missing_path_hint(args.dataset)}, "
+    hint = _missing_path_hint(args.dataset)
+    return DataError(f"no local path {args.dataset!r} exists (looked in {os.getcwd()}){hint}, "
                      f"and no Hub dataset of that name could be reached: {where} ({type(error).__name__}: {error})")
 
 
@@ -211,7 +212,8 @@ def _labels(args: Any, train: Any, val: Any) -> Tuple[int, Optional[List[str]], 
         if args.num_classes is not None and args.num_classes != feature.num_classes:
             raise DataError(f"--num-classes {args.num_classes} but the label column {col!r} has "
                             f"{feature.num_classes} classes")
-        return feature.num_classes, list(feature.names), None, f"{feature.num_classes} classes found in label column {col!r} (a ClassLabel)"
+        note = f"{feature.num_classes} classes found in label column {col!r} (a ClassLabel)"
+        return feature.num_classes, list(feature.names), None, note
     if args.num_classes is not None and _kind(feature) == "integers":
         return args.num_classes, None, None, f"{args.num_classes} classes (--num-classes)"
     if args.streaming and _kind(feature) == "integers":

@@ -54,13 +54,25 @@ def _run_validation(ctx: LoopContext, val_loader: Any, streaming: bool) -> Dict[
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Runs training; returns the final metrics (and the export folder) on every process."""
+    """Runs training; returns the final metrics (and the export folder) on every process.
+
+    Several calls in one process (tests, notebooks, benchmarks) each get a fresh accelerate state.
+    """
     args = parse_args(argv)
     kernels_before = cpu_kernels_enabled()  # a process-wide switch: put back for whoever runs next
     try:
         return _run(args)
     finally:
         set_cpu_kernels_enabled(kernels_before)
+        _forget_accelerate_state()
+
+
+def _forget_accelerate_state() -> None:
+    """accelerate keeps its state in process-wide singletons; the next run builds its own."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def _accelerator(args: Any, out: Path, trackers: Any) -> Any:

@@ -8,18 +8,11 @@ from argparse import Namespace
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
 from safetensors.torch import load_file
 
 from kan_zoo.training import ConfigError, ModelError
 from kan_zoo.training.checkpoint import list_checkpoints
 from kan_zoo.training.run import SimulatedKill, main
-
-
-def _reset():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
 
 
 def _args(folder, out, *extra):
@@ -35,7 +28,6 @@ def teacher_export(tiny_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("teacher") / "run"
     main(_args(tiny_folder, out, "--model", "test_resnet", "--drop-rate", "0.5", "--checkpoint-steps", "0",
                "--no-model-ema", "--log-with", "none"))
-    _reset()
     return out / "export"
 
 
@@ -135,11 +127,9 @@ def test_distilled_run_resumes_exactly(tiny_folder, teacher_export, tmp_path):
     extra = ["--teacher-path", str(teacher_export), "--epochs", "2", "--checkpoint-steps", "3",
              "--keep-checkpoints", "1", "--log-with", "none", "--model-ema-decay", "0.9"]
     main(_args(tiny_folder, tmp_path / "full", *extra))
-    _reset()
     with pytest.raises(SimulatedKill):
         main(_args(tiny_folder, tmp_path / "killed", *extra, "--crash-after-steps", "13"))
     assert list_checkpoints(tmp_path / "killed")[-1].name == "step_000000012"
-    _reset()
     main(_args(tiny_folder, tmp_path / "killed", *extra, "--resume"))
     last = list_checkpoints(tmp_path / "full")[-1].name
     for name in ("model.safetensors", "ema.safetensors"):

@@ -8,17 +8,10 @@ from collections import Counter
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState, PartialState
 from safetensors.torch import load_file
 
 from kan_zoo.training.checkpoint import list_checkpoints
 from kan_zoo.training.run import SimulatedKill, main
-
-
-def _reset():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
 
 
 def _args(folder, out, *extra):
@@ -44,7 +37,6 @@ def _trained(records):
 def test_killed_stream_resumes_exactly_where_it_was(tiny_folder, tmp_path, workers, monkeypatch):
     extra = ["--workers", str(workers), "--shuffle-buffer", "1"]
     main(_args(tiny_folder, tmp_path / "full", *extra))
-    _reset()
     with pytest.raises(SimulatedKill):
         main(_args(tiny_folder, tmp_path / "killed", *extra, "--crash-after-steps", "12"))
     ckpt = list_checkpoints(tmp_path / "killed")[-1]
@@ -52,7 +44,6 @@ def test_killed_stream_resumes_exactly_where_it_was(tiny_folder, tmp_path, worke
     position = json.loads((ckpt / "stream_state_0.json").read_text())
     assert position["pass"] == 1 and position["loader"]
     before = len(_records(tmp_path, "killed"))
-    _reset()
     decoded = Counter()
     if workers == 0:  # rows are decoded in this process: count the training rows
         from kan_zoo.training.images import RowSampler
@@ -89,7 +80,6 @@ def test_shuffled_stream_resume_skips_the_buffer_instead_of_repeating(tiny_folde
                       for i in r["ids"]]
     assert 19 <= len(trained_before) <= 20  # 5 updates of 4 rows before the checkpoint, one may be the corrupt file
     n_before = len(_records(tmp_path, "killed"))
-    _reset()
     main(_args(tiny_folder, tmp_path / "killed", *extra, "--resume"))
     assert "warning: resuming a shuffled stream" in capsys.readouterr().out
     after = _records(tmp_path, "killed")[n_before:]
