@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..layers import moe_aux_loss
 from .bad_images import UnreadableImages
 from .checkpoint import TrainState, save_checkpoint
 from .images import sample_seed
@@ -150,17 +151,24 @@ def checkpoint(ctx: LoopContext) -> None:
 
 
 def _loss(ctx: LoopContext, out: torch.Tensor, teacher_out: Optional[torch.Tensor], target: torch.Tensor,
-          valid: torch.Tensor):
-    """The step's loss terms (losses.assemble_loss); a placeholder batch (every image unreadable) weighs 0."""
+          valid: torch.Tensor, unwrapped: torch.nn.Module):
+    """The step's loss terms (losses.assemble_loss); a placeholder batch (every image unreadable) weighs 0.
+
+    Extra terms are already weighted and logged apart from the task loss, as train/reg_<name>.
+    """
+    args = ctx.args
     weight = valid.any().to(torch.float32)
     task = ctx.criterion(out.float(), target) * weight
     distill = None
     if teacher_out is not None:
-        distill = distillation_loss(out.float(), teacher_out.float(), ctx.args.distill_temperature) * weight
+        distill = distillation_loss(out.float(), teacher_out.float(), args.distill_temperature) * weight
     extra = {}
     if ctx.regs is not None:  # always called: it also clears the hooks' activation terms
         extra = {f"reg_{name}": term for name, term in ctx.regs.losses().items()}
-    return assemble_loss(task, distill, ctx.args.distill_alpha, extra)
+    moe = moe_aux_loss(unwrapped) if args.moe_aux_weight else None
+    if moe is not None:  # mixture-of-experts load balancing
+        extra["reg_moe_aux"] = args.moe_aux_weight * moe
+    return assemble_loss(task, distill, args.distill_alpha, extra)
 
 
 def _record(path: str, rank: int, state: TrainState, batch: Dict[str, Any]) -> None:
@@ -186,7 +194,7 @@ def train_one_epoch(ctx: LoopContext, loader: Iterable, progress: Any) -> None:
             with acc.autocast():
                 out = model(x)
                 teacher_out = ctx.teacher(x) if ctx.teacher is not None else None  # sees the mixed input
-            total, terms = _loss(ctx, out, teacher_out, target, batch["valid"])
+            total, terms = _loss(ctx, out, teacher_out, target, batch["valid"], unwrapped)
             acc.backward(total)
             if acc.sync_gradients and args.clip_grad > 0:
                 acc.clip_grad_norm_(model.parameters(), args.clip_grad)
