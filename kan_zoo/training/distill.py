@@ -51,7 +51,7 @@ class Teacher(nn.Module):
         model.requires_grad_(False)
         self.wrapped = DistillationTeacher(model)
         cfg = getattr(model, "pretrained_cfg", None) or {}
-        # timm reads the teacher's own mean/std; fit their length to the data's channels
+        # timm reads the teacher's own mean/std; fit their length to the data's channels (still buffers)
         self.wrapped.mean_kd = _stats(cfg.get("mean", student_mean), in_chans)
         self.wrapped.std_kd = _stats(cfg.get("std", student_std), in_chans)
         self.register_buffer("student_mean", _stats(student_mean, in_chans), persistent=False)
@@ -63,10 +63,7 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.wrapped
-        mean, std = self.student_mean.to(x.device), self.student_std.to(x.device)
-        w.mean_kd, w.std_kd = w.mean_kd.to(x.device), w.std_kd.to(x.device)
-        return w(w.normalize_input(x, mean, std))
+        return self.wrapped(self.wrapped.normalize_input(x, self.student_mean, self.student_std))
 
 
 def _create(args: Any, num_classes: int, in_chans: int) -> nn.Module:

@@ -60,7 +60,9 @@ def agree(accelerator: Any, error: Optional[BaseException]) -> None:
         rank, (_, message, user_error) = failed[0]
         error = PeerError(message if user_error else f"process {rank} failed during setup: {message} (its "
                                                      f"traceback is above)")
-    error.agreed = True  # every process is on its way out: exit_on_error may wait for the others
+    # Every process is on its way out. Where all failures are user errors, every process leaves
+    # through exit_on_error, which may then wait for the others (a traceback leaves at once).
+    error.agreed = all(user for _, (_, _, user) in failed)
     raise error
 
 
