@@ -8,7 +8,6 @@ Rows become batches in images.py.
 from __future__ import annotations
 
 import difflib
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ __all__ = [
     "Collate", "decode_image", "build_transforms", "sample_seed",
 ]
 
-_log = logging.getLogger(__name__)
 _ONE_CHANNEL_MODES = {"1", "L", "LA", "I", "I;16", "F", "P"}
 
 

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from ..layers import moe_aux_loss
 from .bad_images import UnreadableImages
 from .checkpoint import TrainState, save_checkpoint
-from .images import sample_seed
 from .distill import distillation_loss
+from .images import sample_seed
 from .losses import assemble_loss
 
 __all__ = ["SimulatedKill", "Preempted", "StopSignal", "LoopContext", "train_one_epoch", "evaluate", "checkpoint",

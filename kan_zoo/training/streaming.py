@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
@@ -27,7 +26,6 @@ from .images import Collate, RowSampler
 
 __all__ = ["StreamingImageDataset", "StreamingTrainLoader", "build_streaming_loaders", "STREAM_STATE_FILE"]
 
-_log = logging.getLogger(__name__)
 STREAM_STATE_FILE = "stream_state_{rank}.json"
 
 
