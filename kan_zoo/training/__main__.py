@@ -13,14 +13,13 @@ def cli() -> None:
         print(f"error: training needs {' and '.join(_MISSING)}, which `pip install 'kan_zoo[train]'` installs",
               file=sys.stderr, flush=True)
         sys.exit(2)
-    from kan_zoo.training.data import DataError
-    from kan_zoo.training.run import CheckpointError, ConfigError, ModelError, Preempted, SimulatedKill, main
+    from kan_zoo.training.errors import USER_ERRORS, PeerError, exit_on_error
+    from kan_zoo.training.run import Preempted, SimulatedKill, main
 
     try:
         main()
-    except (ConfigError, DataError, ModelError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    except (PeerError, *USER_ERRORS) as e:
+        exit_on_error(e)  # one `error:` line, from the main process only; status 2 on every process
     except Preempted as e:
         print(f"stopped: {e}", file=sys.stderr, flush=True)
         sys.exit(143)  # "terminated": job schedulers requeue on it

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from kan_zoo.layers import MoEKANConv2d
-from kan_zoo.training import run
+from kan_zoo.training import run, setup
+from kan_zoo.training.config import ConfigError
 
 
 def _args(folder, out, *extra):
@@ -28,8 +29,8 @@ def moe_model(monkeypatch):
         built.append(model)
         return model
 
-    original = run.create_model
-    monkeypatch.setattr(run, "create_model", create_model)
+    original = setup.create_model  # what data_and_model() calls
+    monkeypatch.setattr(setup, "create_model", create_model)
     return built
 
 
@@ -62,7 +63,7 @@ def test_zero_weight_leaves_the_loss_alone(tiny_folder, tmp_path, moe_model):
 
 
 def test_negative_weight_is_refused():
-    with pytest.raises(SystemExit, match="moe-aux-weight"):
+    with pytest.raises(ConfigError, match="moe-aux-weight"):
         from kan_zoo.training.config import parse_args
 
         parse_args(["--model", "kan_test_vgg_gram", "--moe-aux-weight", "-1"])
