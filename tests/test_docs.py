@@ -16,6 +16,7 @@ stops its page, and the blocks after it fail as "not run". Links and anchors of 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -39,7 +40,7 @@ PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 RUNNABLE = ("python", "bash")
 # Fence languages that look like code a reader would paste but that the convention never runs.
 UNTESTED_ALIASES = {"py", "python3", "pycon", "ipython", "sh", "shell", "console", "zsh"}
-PAGE_TIMEOUT_S = 300
+PAGE_TIMEOUT_S = 600  # a guard against a hung page; a loaded 2-core machine took ~250 s for docs/training.md
 README_MAX_LINES = 220  # the front page's budget ("~200 lines"); detail belongs in docs/
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
@@ -177,10 +178,16 @@ def _build_pretrained_cache(hub_cache: Path, scratch: Path, sources: str, built:
 
 
 class PageRunner:
-    """Runs each page once, on first demand, and keeps each block's result."""
+    """Runs each page once per test session, on first demand, and keeps each block's result.
 
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
+    ``tmp`` is this process's scratch folder (its runner server, its Hugging Face cache); ``pages`` holds the pages'
+    runs and is shared by the session's xdist workers: a page is run by whichever worker asks first, under a file
+    lock, and the others read its results. (pytest 9 ignores xdist's ``--dist loadgroup`` groups, which only
+    rewrite ``item._nodeid``, so the blocks of one page can land on both workers.)
+    """
+
+    def __init__(self, tmp: Path, pages: Path) -> None:
+        self.tmp, self.pages = tmp, pages
         self.env = _doc_environment(tmp)
         self.results: Dict[Path, Dict[int, dict]] = {}
         self.logs: Dict[Path, Path] = {}
@@ -194,16 +201,27 @@ class PageRunner:
         return self.results[block.page].get(block.line), self.logs[block.page]
 
     def _run(self, path: Path) -> Dict[int, dict]:
+        from filelock import FileLock  # a dependency of huggingface_hub
+
+        digest = hashlib.sha1(path.read_bytes()).hexdigest()[:12]
+        work = self.pages / f"{re.sub(r'[^\w.-]', '_', _rel(path))}-{digest}"
+        self.logs[path] = work / "log.txt"
+        with FileLock(f"{work}.lock", timeout=2 * PAGE_TIMEOUT_S):
+            if not (work / "rows.json").exists():
+                shutil.rmtree(work, ignore_errors=True)  # what a killed worker left behind
+                rows = self._run_once(path, work)
+                (work / "rows.json").write_text(json.dumps(rows), encoding="utf-8")
+        return {int(line): row for line, row in json.loads((work / "rows.json").read_text()).items()}
+
+    def _run_once(self, path: Path, work: Path) -> Dict[int, dict]:
         blocks = [b for b in parse_page(path).blocks if b.lang in RUNNABLE and b.skip is None]
-        work = self.tmp / re.sub(r"[^\w.-]", "_", _rel(path))
-        shutil.copytree(ROOT, work / "repo", ignore=_ignore_for_copy)
+        shutil.copytree(ROOT, work / "repo", ignore=_ignore_for_copy, symlinks=True)
         _build_pretrained_cache(Path(self.env["HF_HUB_CACHE"]), self.tmp / "hub_src",
                                 "".join(b.source for b in blocks), self._built)
         spec = dict(page=str(path), cwd=str(work / "repo"), results=str(work / "results.jsonl"),
                     log=str(work / "log.txt"),
                     blocks=[dict(line=b.line, lang=b.lang, source=b.source) for b in blocks])
         (work / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
-        self.logs[path] = work / "log.txt"
         start = time.monotonic()
         finished = self._execute(work / "spec.json", PAGE_TIMEOUT_S)
         rows = {}
@@ -277,7 +295,8 @@ class PageRunner:
     def close(self) -> None:
         times = os.environ.get("KAN_ZOO_DOCS_TIMES")
         if times:  # where the blocks' wall and CPU seconds go, for measuring the doc test's cost
-            Path(times).write_text(json.dumps({_rel(page): rows for page, rows in self.results.items()}, indent=1))
+            worker = os.environ.get("PYTEST_XDIST_WORKER")
+            Path(f"{times}.{worker}" if worker else times).write_text(json.dumps({_rel(page): rows for page, rows in self.results.items()}, indent=1))
         if self._server is not None:
             self._server.kill()
             self._server.wait()
@@ -286,7 +305,12 @@ class PageRunner:
 
 @pytest.fixture(scope="module")
 def page_runner(tmp_path_factory) -> Iterator[PageRunner]:
-    runner = PageRunner(tmp_path_factory.mktemp("docs"))
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist each worker's basetemp is <session>/popen-gwN: the session folder is the one they share.
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    pages = shared / "doc_pages"
+    pages.mkdir(exist_ok=True)
+    runner = PageRunner(tmp_path_factory.mktemp("docs"), pages)
     yield runner
     runner.close()
 
