@@ -69,6 +69,10 @@ class Page:
     problems: List[str] = field(default_factory=list)
 
 
+def _folder_name(path: Path) -> str:
+    return re.sub(r"[^\w.-]", "_", _rel(path))
+
+
 def _rel(path: Path) -> str:
     try:
         return path.resolve().relative_to(ROOT).as_posix()
@@ -204,7 +208,7 @@ class PageRunner:
         from filelock import FileLock  # a dependency of huggingface_hub
 
         digest = hashlib.sha1(path.read_bytes()).hexdigest()[:12]
-        work = self.pages / f"{re.sub(r'[^\w.-]', '_', _rel(path))}-{digest}"
+        work = self.pages / f"{_folder_name(path)}-{digest}"
         self.logs[path] = work / "log.txt"
         with FileLock(f"{work}.lock", timeout=2 * PAGE_TIMEOUT_S):
             if not (work / "rows.json").exists():
