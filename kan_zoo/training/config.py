@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--reg-l1-weights", type=float, default=0.0, help="weight of mean |basis coefficient| (0 = off)")
     k.add_argument("--reg-act-l1", type=float, default=0.0, help="weight of mean |KAN layer output| (0 = off)")
     k.add_argument("--reg-act-l2", type=float, default=0.0, help="weight of mean KAN layer output^2 (0 = off)")
+    k.add_argument("--moe-aux-weight", type=float, default=1e-2,
+                   help="weight of the load-balancing loss of mixture-of-experts KAN layers "
+                        "(kan_zoo.layers.MoEKANConvNd; the reference's 1e-2), logged as train/reg_moe_aux")
     k.add_argument("--grid-update-every", type=int, default=0,
                    help="refit the grids of bspline/rbf/relu KAN layers to the current batch every N updates "
                         "(0 = off); the EMA restarts from the model's weights after each refit")
@@ -170,7 +173,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("reg_smoothness", "reg_l1_weights", "reg_act_l1", "reg_act_l2", "grid_update_every",
-                 "grid_grow", "basis_wd_mult"):
+                 "grid_grow", "basis_wd_mult", "moe_aux_weight"):
         if getattr(args, name) < 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.basis_lr_mult <= 0:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..layers import moe_aux_loss
 from .checkpoint import TrainState, save_checkpoint
 from .data import sample_seed
 
@@ -134,6 +135,11 @@ def train_one_epoch(ctx: LoopContext, loader: Iterable, progress: Any) -> None:
                     total = total + term
                     key = f"reg_{name}"
                     ctx.window[key] = ctx.window.get(key, 0.0) + term.detach()
+            moe = moe_aux_loss(unwrapped) if args.moe_aux_weight else None
+            if moe is not None:  # mixture-of-experts load balancing, logged apart like the regularisers
+                term = args.moe_aux_weight * moe
+                total = total + term
+                ctx.window["reg_moe_aux"] = ctx.window.get("reg_moe_aux", 0.0) + term.detach()
             acc.backward(total)
             if acc.sync_gradients and args.clip_grad > 0:
                 acc.clip_grad_norm_(model.parameters(), args.clip_grad)
