@@ -7,8 +7,9 @@ file, so a page that hangs still tells which block it was in. The first failure 
 blocks may build on it.
 
     python tests/docs_runner.py SPEC.json    run one page (SPEC: see run_page)
-    python tests/docs_runner.py --serve      import torch / timm / kan_zoo once, then for each SPEC path read
-                                             from stdin fork a fresh child that runs it; replies
+    python tests/docs_runner.py --serve MODULE...
+                                             import the MODULEs once (torch, timm, kan_zoo), then for each SPEC
+                                             path read from stdin fork a fresh child that runs it; replies
                                              "started <pid>" and "done <exit status>" on stdout
 
 The server saves every page the imports (seconds of CPU each) and still gives each page a fresh process,
@@ -24,16 +25,12 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 try:
     import resource
 except ImportError:  # not on Windows: CPU time of subprocesses is then not counted
     resource = None
-
-# What nearly every page imports; the server imports it before it forks.
-PRELOAD = ("torch", "timm", "kan_zoo", "kan_zoo.layers", "kan_zoo.hub")
-
 
 def run_block(block: Dict[str, Any], page: str, namespace: Dict[str, Any], scratch: Path) -> None:
     """Run one block; raises on failure (a bash block: CalledProcessError with its exit status)."""
@@ -97,10 +94,10 @@ def _run_spec_file(path: str) -> int:
     return run_page(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def serve() -> None:
+def serve(preload: List[str]) -> None:
     import importlib
 
-    for name in PRELOAD:
+    for name in preload:
         importlib.import_module(name)
     for request in sys.stdin:
         pid = os.fork()
@@ -117,8 +114,8 @@ def serve() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--serve"]:
-        serve()
+    if sys.argv[1:2] == ["--serve"]:
+        serve(sys.argv[2:])
     elif len(sys.argv) == 2:
         sys.exit(_run_spec_file(sys.argv[1]))
     else:

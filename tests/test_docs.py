@@ -41,6 +41,8 @@ RUNNABLE = ("python", "bash")
 # Fence languages that look like code a reader would paste but that the convention never runs.
 UNTESTED_ALIASES = {"py", "python3", "pycon", "ipython", "sh", "shell", "console", "zsh"}
 PAGE_TIMEOUT_S = 600  # a guard against a hung page; a loaded 2-core machine took ~250 s for docs/training.md
+# What nearly every page imports: the runner server imports it once, before it forks a process per page.
+PRELOAD = ("torch", "timm", "kan_zoo", "kan_zoo.layers", "kan_zoo.hub")
 README_MAX_LINES = 220  # the front page's budget ("~200 lines"); detail belongs in docs/
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
@@ -190,8 +192,8 @@ class PageRunner:
     rewrite ``item._nodeid``, so the blocks of one page can land on both workers.)
     """
 
-    def __init__(self, tmp: Path, pages: Path) -> None:
-        self.tmp, self.pages = tmp, pages
+    def __init__(self, tmp: Path, pages: Path, preload: Tuple[str, ...] = PRELOAD) -> None:
+        self.tmp, self.pages, self.preload = tmp, pages, preload
         self.env = _doc_environment(tmp)
         self.results: Dict[Path, Dict[int, dict]] = {}
         self.logs: Dict[Path, Path] = {}
@@ -227,28 +229,28 @@ class PageRunner:
                     blocks=[dict(line=b.line, lang=b.lang, source=b.source) for b in blocks])
         (work / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
         start = time.monotonic()
-        finished = self._execute(work / "spec.json", PAGE_TIMEOUT_S)
+        finished, status = self._execute(work / "spec.json", PAGE_TIMEOUT_S)
         rows = {}
         if (work / "results.jsonl").exists():
             for text in (work / "results.jsonl").read_text().splitlines():
                 row = json.loads(text)
                 rows[row["line"]] = row
-        if not finished:
-            hung = next((b for b in blocks if b.line not in rows), None)
-            if hung is not None:
-                rows[hung.line] = dict(line=hung.line, status="failed", seconds=time.monotonic() - start,
-                                       error=f"the page ran past its {PAGE_TIMEOUT_S} s limit in this block")
+        stopped = next((b for b in blocks if b.line not in rows), None)
+        if stopped is not None and not any(row["status"] == "failed" for row in rows.values()):
+            why = (f"the page ran past its {PAGE_TIMEOUT_S} s limit in this block" if not finished else
+                   f"the page's process ended (status {status}) in this block")
+            rows[stopped.line] = dict(line=stopped.line, status="failed", seconds=time.monotonic() - start, error=why)
         return rows
 
-    def _execute(self, spec: Path, timeout: float) -> bool:
-        """Run one spec; False when it ran past the timeout (its processes are then killed)."""
+    def _execute(self, spec: Path, timeout: float) -> Tuple[bool, Optional[int]]:
+        """Run one spec: (False when it ran past the timeout and was killed, the page process's exit status)."""
         if not hasattr(os, "fork"):
             try:
-                subprocess.run([sys.executable, str(RUNNER), str(spec)], env=self.env, timeout=timeout,
-                               stdin=subprocess.DEVNULL)
-                return True
+                proc = subprocess.run([sys.executable, str(RUNNER), str(spec)], env=self.env, timeout=timeout,
+                                      stdin=subprocess.DEVNULL)
+                return True, proc.returncode
             except subprocess.TimeoutExpired:
-                return False
+                return False, None
         deadline = time.monotonic() + timeout
         server = self._start_server()
         server.stdin.write(f"{spec}\n")
@@ -259,18 +261,18 @@ class PageRunner:
                 reply = self._replies.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 self._kill(pid)
-                return False
+                return False, None
             if reply.startswith("started "):
                 pid = int(reply.split()[1])
             elif reply.startswith("done "):
-                return True
-            elif reply == "":  # the server died
+                return True, int(reply.split()[1])
+            elif reply == "":  # the server itself died
                 self._server = None
-                return True
+                return True, None
 
     def _start_server(self) -> subprocess.Popen:
         if self._server is None or self._server.poll() is not None:
-            self._server = subprocess.Popen([sys.executable, str(RUNNER), "--serve"], env=self.env, cwd=self.tmp,
+            self._server = subprocess.Popen([sys.executable, str(RUNNER), "--serve", *self.preload], env=self.env, cwd=self.tmp,
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             self._replies = queue.Queue()
             threading.Thread(target=self._read_replies, args=(self._server, self._replies), daemon=True).start()
@@ -298,7 +300,7 @@ class PageRunner:
 
     def close(self) -> None:
         times = os.environ.get("KAN_ZOO_DOCS_TIMES")
-        if times:  # where the blocks' wall and CPU seconds go, for measuring the doc test's cost
+        if times and self.results:  # where the blocks' wall and CPU seconds go, for measuring the doc test's cost
             worker = os.environ.get("PYTEST_XDIST_WORKER")
             Path(f"{times}.{worker}" if worker else times).write_text(json.dumps({_rel(page): rows for page, rows in self.results.items()}, indent=1))
         if self._server is not None:
@@ -506,3 +508,15 @@ def test_broken_links_and_anchors_are_reported(tmp_path: Path, monkeypatch: pyte
         "page.md:3: ../outside.md leaves the repository",
         "page.md:3: pic.png does not exist",
     ]
+
+
+def test_a_block_that_kills_its_page_process_is_named(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("```python\nimport os\n```\n```python\nos._exit(3)\n```\n```python\npass\n```\n")
+    runner = PageRunner(tmp_path / "scratch", tmp_path / "pages", preload=())  # nothing to import: quick
+    try:
+        rows = runner._run_once(page, tmp_path / "work")
+    finally:
+        runner.close()
+    assert [(line, row["status"]) for line, row in sorted(rows.items())] == [(1, "passed"), (4, "failed")]
+    assert "ended" in rows[4]["error"]
