@@ -272,8 +272,8 @@ class PageRunner:
 
     def _start_server(self) -> subprocess.Popen:
         if self._server is None or self._server.poll() is not None:
-            self._server = subprocess.Popen([sys.executable, str(RUNNER), "--serve", *self.preload], env=self.env, cwd=self.tmp,
-                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            self._server = subprocess.Popen([sys.executable, str(RUNNER), "--serve", *self.preload], env=self.env,
+                                            cwd=self.tmp, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             self._replies = queue.Queue()
             threading.Thread(target=self._read_replies, args=(self._server, self._replies), daemon=True).start()
         return self._server
@@ -302,7 +302,8 @@ class PageRunner:
         times = os.environ.get("KAN_ZOO_DOCS_TIMES")
         if times and self.results:  # where the blocks' wall and CPU seconds go, for measuring the doc test's cost
             worker = os.environ.get("PYTEST_XDIST_WORKER")
-            Path(f"{times}.{worker}" if worker else times).write_text(json.dumps({_rel(page): rows for page, rows in self.results.items()}, indent=1))
+            timings = {_rel(page): rows for page, rows in self.results.items()}
+            Path(f"{times}.{worker}" if worker else times).write_text(json.dumps(timings, indent=1))
         if self._server is not None:
             self._server.kill()
             self._server.wait()
