@@ -81,7 +81,7 @@ def test_timm_contract_on_the_tiny_model(check):
 
 
 def test_model_table_counts_match_the_layer_shapes():
-    """scripts/model_table.py (the README table): its GMACs equal the MACs the conv/linear shapes imply."""
+    """scripts/model_table.py (the table in docs/models.md): its GMACs equal the MACs the conv/linear shapes imply."""
     script = Path(__file__).parents[2] / "scripts" / "model_table.py"
     spec = importlib.util.spec_from_file_location("model_table", script)
     table = importlib.util.module_from_spec(spec)
