@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from reference_fixtures import FIXTURES
+from seeding import BASE_SEED
 
 if "KAN_ZOO_KERNEL_CACHE" not in os.environ:
     # The C kernels (kan_zoo.layers.native_kernels) build into a cache of this test process, not the user's.
@@ -21,7 +22,9 @@ def pytest_configure(config):
 
 @pytest.fixture(autouse=True)
 def _seed():
-    torch.manual_seed(0)
+    # Every test starts from the same global RNG state whatever ran before it (order, xdist worker);
+    # KAN_ZOO_TEST_SEED moves the base (tests/seeding.py).
+    torch.manual_seed(BASE_SEED)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,8 @@
 On a CUDA machine the kernels compile and run on the GPU; elsewhere (CI) they run on CPU tensors
 under Triton's interpreter (TRITON_INTERPRET=1, set for this module only), the same kernel code.
 """
+import copy
+import math
 import os
 from typing import Dict, List, Tuple
 
@@ -15,6 +17,8 @@ from kan_zoo.layers import (  # noqa: E402
     BottleneckKANConv2d, KANConv1d, KANConv2d, KANConv3d, set_memory_efficient, set_triton_enabled,
 )
 from kan_zoo.layers import triton_basis  # noqa: E402
+from error_model import Bounded, conv_input_grad_bound, sum_bound  # noqa: E402
+from seeding import generator  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -125,20 +129,176 @@ def test_triton_path_equals_torch_path(name, cls, options, shape, kernel_calls):
             _close(grads[n], grads_ref[n], 5e-5 if "beta" in n else 2e-5)
 
 
-def test_beta_gradient_against_float64():
-    """The kernel's block-wise float32 sums of dL/dbeta are as close to float64 autograd as the torch
-    path's float32 sums are (float64 always takes the torch path)."""
-    layer = KANConv2d(8, 6, 3, padding=1, basis="gram", degree=5).to(DEVICE)
-    with torch.no_grad():
-        layer.basis.beta_weights.normal_()
-    x = torch.randn(4, 8, 20, 20).to(DEVICE)
-    _, _, grads = _step(layer, x, triton=True)
-    _, _, grads_torch = _step(layer, x, triton=False)
-    _, _, grads64 = _step(layer.double(), x.double(), triton=True)
-    exact = grads64["basis.beta_weights"]
-    err = (grads["basis.beta_weights"].double() - exact).abs().max() / exact.abs().max()
-    err_torch = (grads_torch["basis.beta_weights"].double() - exact).abs().max() / exact.abs().max()
-    assert err < max(3 * err_torch, 1e-6), (err, err_torch)
+# -- dL/dbeta of gram: the kernel's per-block float32 sums against a float32 error model --------------
+# What the kernel does (_triton_kernels._recurrence_backward, PARAM_GRADS): per element, t = tanh(u),
+# P_i and q_ij = dP_i/dc_j by the recurrence, w_i = g_i SiLU'(P_i) and acc_j = sum_i w_i q_ij; then
+# tl.reduce adds acc_j over a block of elements (Triton's interpreter adds them in sequence, a GPU in a
+# layout-dependent tree: at most BLOCK - 1 additions per term either way), basis_backward adds the
+# blocks' partials with torch (at most programs - 1) and multiplies by the constant factor. The model
+# below follows it operation by operation with tests/error_model.Bounded, in float64.
+
+
+def _kernel_tanh(u: torch.Tensor) -> Bounded:
+    """_triton_kernels._tanh: the odd series below |u| = 0.25, else 1 - 2 / (e^2u + 1)."""
+    assert bool((u.abs() < 20).all())  # below the exp branch's clamp
+    x = Bounded.exact(u)
+    x2 = x * x
+    c = [Bounded.literal(v, x.value) for v in (1.0, -1.0 / 3.0, 2.0 / 15.0, -17.0 / 315.0, 62.0 / 2835.0)]
+    series = x * (c[0] + x2 * (c[1] + x2 * (c[2] + x2 * (c[3] + x2 * c[4]))))
+    one = Bounded.literal(1.0, x.value)
+    exp_form = one - Bounded.literal(2.0, x.value) / (Bounded.exact(2.0 * u).exp() + one)  # 2u is exact
+    tanh = torch.tanh(x.value)
+    return series.approximates(tanh).where(u.abs() < 0.25, exp_form.approximates(tanh))
+
+
+def _kernel_silu_grad(p: Bounded) -> Bounded:
+    """_triton_kernels._silu_grad: s (1 + p (1 - s)), s = 1 / (1 + exp(min(-p, 80)))."""
+    assert bool((p.error < 5).all())
+    # Where p is surely below -70, the kernel's s and sigmoid(p) both lie in [0, 2 e^-70] (whether or not
+    # its clamp at 80 applies); elsewhere the clamp is not reached (p's error is below 5).
+    deep = -p.value - p.error > 70
+    p_safe = Bounded(torch.where(deep, 0.0, p.value), torch.where(deep, 0.0, p.error))
+    one = Bounded.literal(1.0, p.value)
+    s = (one / (one + (-p_safe).exp())).approximates(torch.sigmoid(p_safe.value))
+    s = Bounded(torch.sigmoid(p.value), torch.where(deep, 2 * math.exp(-70.0), s.error))
+    return s * (one + p * (one - s))
+
+
+class _GramBetaGradientModel:
+    """The kernel's dL/dbeta_weights for a gram layer on input u, per upstream (stacked) gradient."""
+
+    def __init__(self, layer, u: torch.Tensor) -> None:
+        basis = layer.basis
+        d = self.degree = basis.degree
+        coef = triton_basis._coefficients(basis, u.device).cpu()
+        assert coef[1: d + 1].eq(1).all() and coef[d + 1: 2 * d + 2].eq(0).all()  # a_i = 1, g_i = 0: lin = t exactly
+        self.layer, self.numel, self.factors = layer, u.numel(), basis.beta_factors
+        t = _kernel_tanh(u.detach().double().cpu())
+        beta = basis.beta_weights.detach().double().cpu()
+        zero = Bounded.exact(torch.zeros_like(t.value))
+        polys = [Bounded.exact(torch.ones_like(t.value)), t]
+        self.slopes: Dict[int, Bounded] = {}
+        self.q: Dict[Tuple[int, int], Bounded] = {}
+        for i in range(2, d + 1):
+            c = Bounded.literal(self.factors[i - 2], t.value) * Bounded.exact(beta[i - 1].expand_as(t.value))
+            polys.append(t * polys[i - 1] - c * polys[i - 2])
+            self.slopes[i] = _kernel_silu_grad(polys[i])
+            for j in range(2, i + 1):
+                self.q[i, j] = -polys[i - 2] if i == j else (
+                    t * self.q[i - 1, j] - c * (self.q[i - 2, j] if i - 2 >= j else zero))
+        self.columns = range(2, d + 1)
+
+    def _slot(self, grad_stacked: torch.Tensor, i: int) -> torch.Tensor:
+        """Function i's gradient (the stack holds the base branch first), shaped like u."""
+        g = self.layer.groups
+        stacked = grad_stacked.double().cpu().unflatten(1, (g, self.degree + 2, -1))
+        return stacked[:, :, 1 + i].flatten(1, 2)
+
+    def aligned_gradient(self, j: int, generator: torch.Generator) -> torch.Tensor:
+        """A float32 stacked gradient under which column j's terms w_i q_ij all have one sign: its sum is
+        then as large as its terms allow, so the bound is a small fraction of it and a defect shows."""
+        n, c, *spatial = self.slopes[2].value.shape
+        g = self.layer.groups
+        grad = torch.rand((n, g * (self.degree + 2), c // g, *spatial), generator=generator) + 0.5
+        for i in range(j, self.degree + 1):
+            sign = torch.sign(self.slopes[i].value * self.q[i, j].value).unflatten(1, (g, -1))
+            grad.unflatten(1, (g, self.degree + 2))[:, :, 1 + i] *= sign.float()
+        return grad.flatten(1, 2)
+
+    def beta_gradient(self, grad_stacked: torch.Tensor) -> Bounded:
+        """dL/dbeta_weights (degree + 1 entries; w_0 and w_D unused): exact value and the float32 bound."""
+        block = triton_basis._BLOCK_PARAM_GRADS
+        programs = -(-self.numel // block)
+        value = torch.zeros(self.degree + 1, dtype=torch.float64)
+        error = torch.zeros_like(value)
+        for j in self.columns:
+            acc = Bounded.exact(torch.zeros_like(self.slopes[2].value))
+            for i in range(j, self.degree + 1):
+                acc = acc + Bounded.exact(self._slot(grad_stacked, i)) * self.slopes[i] * self.q[i, j]
+            total = sum_bound(acc, range(acc.value.dim()), depth=(block - 1) + (programs - 1))
+            grad = total * Bounded.literal(self.factors[j - 2], total.value)
+            value[j - 1], error[j - 1] = grad.value, grad.error
+        return Bounded(value, error)
+
+    def magnitude(self, grad_stacked: torch.Tensor) -> torch.Tensor:
+        """sum |dL/dbeta terms| for a nonnegative stacked gradient: how far an error of the upstream
+        gradient of that size can move dL/dbeta (the map is linear in it)."""
+        out = torch.zeros(self.degree + 1, dtype=torch.float64)
+        for j in self.columns:
+            out[j - 1] = abs(self.factors[j - 2]) * sum(
+                (self._slot(grad_stacked, i) * (self.slopes[i].value * self.q[i, j].value).abs()).sum()
+                for i in range(j, self.degree + 1))
+        return out
+
+
+def _gram_layer(generator: torch.Generator) -> KANConv2d:
+    layer = KANConv2d(4, 4, 3, padding=1, basis="gram", degree=5)
+    with torch.no_grad():  # the initial spread of beta_weights (GramBasis.reset_parameters), from this stream
+        layer.basis.beta_weights.copy_(torch.randn(6, generator=generator) / 18.0)
+    return layer.to(DEVICE)
+
+
+def _float64_beta_gradient(layer, u: torch.Tensor, grad_stacked: torch.Tensor) -> torch.Tensor:
+    """float64 autograd of the torch path's stacked basis, from the same float32 inputs."""
+    layer64 = copy.deepcopy(layer).double().cpu()
+    u64 = u.detach().double().cpu()
+    stacked = layer64.stacked_basis(u64, u64, None)
+    (grad,) = torch.autograd.grad(stacked, layer64.basis.beta_weights, grad_stacked.double().cpu())
+    return grad
+
+
+def test_beta_gradient_kernel_within_float32_error_bound():
+    """The kernel's dL/dbeta (block sums of float32 terms) is within the error model's bound of the exact
+    value for its own float32 inputs; under an aligned gradient the bound is < 1e-4 of the value."""
+    gen = generator(19)
+    layer = _gram_layer(gen)
+    u = torch.randn(2, 4, 13, 11, generator=gen)  # 1144 elements: 5 blocks of 256, the last ragged
+    model = _GramBetaGradientModel(layer, u)
+    for j in model.columns:
+        grad_stacked = model.aligned_gradient(j, gen)
+        _, _, (kernel,) = triton_basis.basis_backward(layer, u.to(DEVICE), u.to(DEVICE), None,
+                                                      [layer.basis.beta_weights], grad_stacked.to(DEVICE), True)
+        expected = model.beta_gradient(grad_stacked)
+        # the model's values are the layer's math: float64 autograd agrees far inside the float32 bound
+        assert ((expected.value - _float64_beta_gradient(layer, u, grad_stacked)).abs()
+                <= 1e-6 * expected.error).all()
+        err = (kernel.double().cpu() - expected.value).abs()
+        assert (err <= expected.error).all(), (j, err, expected.error)
+        assert expected.error[j - 1] < 1e-4 * expected.value[j - 1].abs(), (j, expected.error, expected.value)
+
+
+def test_beta_gradient_of_the_layer_against_float64(monkeypatch):
+    """Through the layer's Triton node (conv backward, kernel, factors) against float64 autograd of the
+    torch path: within the kernel's bound plus what the float32 conv backward can move it by."""
+    if DEVICE == "cuda":  # direct or GEMM convolution, so that conv_input_grad_bound holds (not Winograd, FFT)
+        monkeypatch.setattr(torch.backends.cudnn, "enabled", False)
+    gen = generator(20)
+    layer = _gram_layer(gen)
+    u = torch.randn(2, 4, 13, 11, generator=gen).to(DEVICE)
+    seen = {}
+    backward = triton_basis.basis_backward
+
+    def spy(*args):
+        seen["grad_stacked"] = args[5].detach().clone()
+        return backward(*args)
+
+    monkeypatch.setattr(triton_basis, "basis_backward", spy)
+    grads = {}
+    for dtype in (torch.float32, torch.float64):  # float64 takes the torch path
+        net = copy.deepcopy(layer).to(dtype)
+        uu = u.to(dtype).requires_grad_(True)
+        y = net.expand_conv(uu, uu)  # conv of the stacked basis: the node under test, without norm or activation
+        g = torch.randn(y.shape, generator=generator(21)).to(DEVICE, dtype)
+        y.backward(g)
+        grads[dtype] = net.basis.beta_weights.grad.double().cpu()
+    model = _GramBetaGradientModel(layer, u)
+    kernel_part = model.beta_gradient(seen["grad_stacked"]).error
+    upstream = conv_input_grad_bound(g, layer.weight.detach(), seen["grad_stacked"].shape, layer.stride,
+                                     layer.numeric_padding, layer.dilation, layer.groups)
+    bound = kernel_part + model.magnitude(upstream.cpu())
+    err = (grads[torch.float32] - grads[torch.float64]).abs()
+    assert (err <= bound).all(), (err, bound)
+    assert (bound[1:-1] < 0.1 * grads[torch.float64][1:-1].abs()).all(), bound  # informative: a wrong term shows
 
 
 def test_memory_efficient_mode_and_inference(kernel_calls):
