@@ -16,8 +16,20 @@ if "KAN_ZOO_KERNEL_CACHE" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["KAN_ZOO_KERNEL_CACHE"], ignore_errors=True)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--reverse-order", action="store_true",
+                     help="run the collected tests last to first (a check that no test depends on the ones before it; "
+                          "for random orders: -p randomly --randomly-seed=N, pytest-randomly being off by default)")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "fixtures: needs ../shared/fixtures/torch_conv_kan")
+
+
+@pytest.hookimpl(trylast=True)  # after any other reordering
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--reverse-order"):
+        items.reverse()
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from torch.nn import functional as F
 
 U = 2.0 ** -24  # float32 unit roundoff
 U64 = 2.0 ** -53
@@ -86,6 +87,9 @@ class Bounded:
     def where(self, condition: torch.Tensor, other: "Bounded") -> "Bounded":
         return Bounded(torch.where(condition, self.value, other.value), torch.where(condition, self.error, other.error))
 
+    def to_double(self) -> "Bounded":
+        return Bounded(self.value.double(), self.error.double())
+
     def approximates(self, exact: torch.Tensor) -> "Bounded":
         """The same computation seen as approximating ``exact`` (a formula or series for it): the
         difference joins the error bound."""
@@ -100,16 +104,65 @@ def sum_bound(terms: Bounded, dims: Sequence[int], depth: int) -> Bounded:
     return Bounded(terms.value.sum(dims), error + gamma(depth) * (terms.value.abs().sum(dims) + error))
 
 
-def conv_input_grad_bound(grad_out: torch.Tensor, weight: torch.Tensor, input_shape: Sequence[int], stride, padding,
-                          dilation, groups: int) -> torch.Tensor:
-    """Elementwise bound on |float32 dL/d(conv input) - exact| for float32 operands: each entry is a
-    dot product of at most (C_out / groups) * prod(kernel) products, so gamma(that) * (|W|^T * |dL/dy|).
-    Holds for direct and GEMM convolution algorithms in any order (not for Winograd or FFT ones)."""
-    terms = weight.shape[0] // groups * weight[0, 0].numel()
-    conv_input = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
-    size = conv_input[weight.dim() - 2](list(input_shape), weight.double().abs(), grad_out.double().abs(),
-                                        stride, padding, dilation, groups)
-    return gamma(terms) * size
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_INPUT = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input, 3: torch.nn.grad.conv3d_input}
+_CONV_WEIGHT = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight, 3: torch.nn.grad.conv3d_weight}
+# The convolution bounds hold for direct and GEMM algorithms (sums of the same products, in any order, in
+# float32), not for Winograd or FFT ones: on CUDA, tests that use them run with cuDNN off. weight_rel:
+# the relative rounding of the weight operand (bfloat16 under autocast: 2**-8), out_rel: of the result.
 
 
-__all__ = ["U", "gamma", "Bounded", "sum_bound", "conv_input_grad_bound"]
+def _bounded(t) -> Bounded:
+    return t if isinstance(t, Bounded) else Bounded.exact(t.detach().cpu())
+
+
+def _product_sum_bound(apply, a: Bounded, b_abs: torch.Tensor, b_rel: float, terms: int,
+                       out_rel: float) -> torch.Tensor:
+    """Bound for a bilinear sum of products apply(a, b) (a conv) with a computed (|error| <= a.error) and
+    b rounded by b_rel: the errors carried, gamma(terms) for the float32 sums, out_rel for the result."""
+    size = apply(a.value.abs() + a.error, b_abs)
+    carried = apply(a.error, b_abs) + b_rel * size
+    summed = carried + gamma(terms) * (1 + b_rel) * size
+    return summed + out_rel * ((1 + b_rel) * size + summed)
+
+
+def conv_output_bound(inputs: Bounded, weight: torch.Tensor, stride, padding, dilation, groups: int,
+                      weight_rel: float = 0.0, out_rel: float = 0.0) -> torch.Tensor:
+    """Elementwise bound on |conv(computed inputs, W) - conv(exact inputs, W)|, each output a sum of
+    K = (C_in / groups) * prod(kernel) products."""
+    w = weight.detach().double().cpu().abs()
+    conv = _CONV[w.dim() - 2]
+    return _product_sum_bound(lambda a, b: conv(a, b, None, stride, padding, dilation, groups), inputs, w,
+                              weight_rel, w[0].numel(), out_rel)
+
+
+def conv_input_grad_bound(grad_out, weight: torch.Tensor, input_shape: Sequence[int], stride, padding,
+                          dilation, groups: int, weight_rel: float = 0.0, out_rel: float = 0.0) -> torch.Tensor:
+    """Elementwise bound on the error of dL/d(conv input) from dL/dy (a float32 tensor, or Bounded),
+    each entry a sum of at most (C_out / groups) * prod(kernel) products."""
+    w = weight.detach().double().cpu().abs()
+    conv_input = _CONV_INPUT[w.dim() - 2]
+    return _product_sum_bound(lambda g, b: conv_input(list(input_shape), b, g, stride, padding, dilation, groups),
+                              _bounded(grad_out).to_double(), w, weight_rel,
+                              weight.shape[0] // groups * weight[0, 0].numel(), out_rel)
+
+
+def conv_weight_grad_bound(grad_out, inputs: Bounded, weight_shape: Sequence[int], stride, padding, dilation,
+                           groups: int, out_rel: float = 0.0) -> torch.Tensor:
+    """Elementwise bound on the error of dL/dW from dL/dy (a float32 tensor, or Bounded) and computed
+    inputs, each entry a sum of N * prod(output spatial) products."""
+    g = _bounded(grad_out).to_double()
+    conv_weight = _CONV_WEIGHT[g.value.dim() - 2]
+
+    def apply(a, b):
+        return conv_weight(a, list(weight_shape), b, stride, padding, dilation, groups)
+
+    terms = g.value.shape[0] * g.value[0, 0].numel()
+    size = apply(inputs.value.abs() + inputs.error, g.value.abs() + g.error)
+    carried = apply(inputs.error, g.value.abs() + g.error) + apply(inputs.value.abs(), g.error)
+    summed = carried + gamma(terms) * size
+    return summed + out_rel * (size + summed)
+
+
+__all__ = ["U", "gamma", "Bounded", "sum_bound", "conv_output_bound", "conv_input_grad_bound",
+           "conv_weight_grad_bound"]
