@@ -107,7 +107,6 @@ def wavelet_conv(
     return conv(psi(z).reshape(n, out_channels * c, *spatial), weight, out_channels)
 
 
-
 @register_basis
 class WaveletBasis(Basis):
     """psi((x_j - tau_pj) / s_pj) for every (output p, input j) pair, then a depthwise conv per output
