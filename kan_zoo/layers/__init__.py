@@ -3,6 +3,9 @@
 The core (conv, bottleneck, linear, activation) and the bases (bases/) say what a layer computes; the ways of
 running it fast live in kernels/, whose docstring says which runs when."""
 from .activation import KANActivation
+from .attention import (KANFocalModulation1d, KANFocalModulation2d, KANFocalModulation3d, KANFocalModulationNd,
+                        KANSelfAttention1d, KANSelfAttention2d, KANSelfAttention3d, KANSelfAttentionNd,
+                        RotaryEmbedding)
 from .bases import BASES, Basis, get_basis_class, register_basis
 from .bottleneck import BottleneckKANConv1d, BottleneckKANConv2d, BottleneckKANConv3d, BottleneckKANConvNd
 from .conv import KANConv1d, KANConv2d, KANConv3d, KANConvNd, set_memory_efficient
@@ -16,10 +19,14 @@ from .kernels.switches import (
     triton_enabled,
 )
 from .linear import KANLinear
+from .moe import MoEKANConv1d, MoEKANConv2d, MoEKANConv3d, MoEKANConvNd, moe_aux_loss
 
 __all__ = [
     "BASES", "Basis", "get_basis_class", "register_basis", "KANConvNd", "KANConv1d", "KANConv2d", "KANConv3d",
     "BottleneckKANConvNd", "BottleneckKANConv1d", "BottleneckKANConv2d", "BottleneckKANConv3d", "KANLinear",
     "GroupPReLU", "set_memory_efficient", "KANActivation", "set_triton_enabled", "triton_enabled",
     "set_cpu_kernels_enabled", "cpu_kernels_enabled", "set_native_kernels_enabled", "native_kernels_enabled",
+    "MoEKANConvNd", "MoEKANConv1d", "MoEKANConv2d", "MoEKANConv3d", "moe_aux_loss",
+    "KANSelfAttentionNd", "KANSelfAttention1d", "KANSelfAttention2d", "KANSelfAttention3d", "RotaryEmbedding",
+    "KANFocalModulationNd", "KANFocalModulation1d", "KANFocalModulation2d", "KANFocalModulation3d",
 ]
