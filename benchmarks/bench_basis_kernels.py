@@ -1,4 +1,5 @@
-"""The basis expansion alone, forward and backward, with and without the C kernels (kan_zoo.layers.native_kernels).
+"""The basis expansion alone, forward and backward, with and without the C kernels
+(kan_zoo.layers.kernels.native_kernels).
 
 For each basis that has C kernels (and, for scale, the eager fast path of every other separable basis), in a
 fresh process: the fused node's forward work (``stacked_basis_into``: the functions written into the stacked
@@ -27,7 +28,7 @@ OTHERS = ["gram", "chebyshev", "legendre", "jacobi", "bernstein"]
 
 def measure(basis: str, args: argparse.Namespace) -> Dict[str, float]:
     from kan_zoo.layers import KANConv2d, native_kernels_enabled, set_native_kernels_enabled
-    from kan_zoo.layers.fused import _expand_backward_by_chunks
+    from kan_zoo.layers.kernels.fused import _expand_backward_by_chunks
 
     torch.set_num_threads(args.threads)
     c, s = args.channels, args.size

@@ -65,9 +65,9 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def torch_backward(layer, x, u: torch.Tensor, grad_stacked: torch.Tensor) -> torch.Tensor:
-    """dL/du through the torch path, as kan_zoo.layers.fused's backward runs it (the basis's
+    """dL/du through the torch path, as kan_zoo.layers.kernels.fused's backward runs it (the basis's
     expand_backward where it has one, autograd over expand otherwise)."""
-    from kan_zoo.layers.fused import _basis_backward
+    from kan_zoo.layers.kernels.fused import _basis_backward
 
     ctx = SimpleNamespace(x_is_u=x is u, param_names=[n for n, _ in layer.basis.named_parameters()])
     params = [p.detach() for p in layer.basis.parameters()]
@@ -78,7 +78,8 @@ def torch_backward(layer, x, u: torch.Tensor, grad_stacked: torch.Tensor) -> tor
 
 
 def run_case(name: str, batch: int, dtype: torch.dtype, iters: int, device: str, size: int) -> dict:
-    from kan_zoo.layers import KANConv2d, set_triton_enabled, triton_basis
+    from kan_zoo.layers import KANConv2d, set_triton_enabled
+    from kan_zoo.layers.kernels import triton_basis
 
     torch.manual_seed(0)
     layer = KANConv2d(64, 64, 3, padding=1, **CASES[name]).to(device)

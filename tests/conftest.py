@@ -11,7 +11,7 @@ from reference_fixtures import FIXTURES
 from seeding import BASE_SEED
 
 if "KAN_ZOO_KERNEL_CACHE" not in os.environ:
-    # The C kernels (kan_zoo.layers.native_kernels) build into a cache of this test process, not the user's.
+    # The C kernels (kan_zoo.layers.kernels.native_kernels) build into a cache of this test process, not the user's.
     os.environ["KAN_ZOO_KERNEL_CACHE"] = tempfile.mkdtemp(prefix="kan_zoo_kernels_")
     atexit.register(shutil.rmtree, os.environ["KAN_ZOO_KERNEL_CACHE"], ignore_errors=True)
 

@@ -15,7 +15,7 @@ from kan_zoo.layers import KANConvNd, set_native_kernels_enabled
 
 @contextlib.contextmanager
 def native_kernels_switched(enabled: bool) -> Iterator[None]:
-    """The C basis kernels (kan_zoo.layers.native_kernels) on or off for a block, then back as they were."""
+    """The C basis kernels (kan_zoo.layers.kernels.native_kernels) on or off for a block, then back as they were."""
     previous = set_native_kernels_enabled(enabled)
     try:
         yield

@@ -15,6 +15,7 @@ from typing import Dict, List, Mapping, Optional, Set, Tuple
 import torch
 from torch import nn
 
+from ..errors import CheckpointMismatchError
 from ..layers import BottleneckKANConvNd, KANConvNd
 from ..layers.helpers import match_checkpoint_grid
 from .torch_conv_kan import _CONSTRUCTOR_BUFFERS, convert_layer_state_dict
@@ -113,8 +114,6 @@ def convert_vgg_state_dict(
     number of classes, since timm drops it otherwise); a mismatch raises
     ``kan_zoo.hub.CheckpointMismatchError`` naming ``source`` and every missing / unexpected key.
     """
-    from ..hub import CheckpointMismatchError
-
     features = model.features
     reference = is_reference_vgg_state_dict(state)
     out: Dict[str, Tensor] = {}

@@ -9,7 +9,7 @@ with ``timm.create_model("local-dir:<folder>" or "hf-hub:<repo>", pretrained=Tru
 transformers' ``AutoModelForImageClassification``. Command line: ``python -m kan_zoo.hub --help``.
 """
 from ._card import check_model_cards, make_model_card, model_card_files, pretrained_model_card, write_model_cards
-from ._errors import (
+from ..errors import (
     CheckpointMismatchError,
     CorruptCheckpointError,
     HubError,

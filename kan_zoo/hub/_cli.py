@@ -9,7 +9,7 @@ from typing import Any, Dict, Sequence
 
 from torch import nn
 
-from ._errors import HubError
+from ..errors import HubError
 from ._export import export_to_folder
 from ._load import create_model_checked, create_pretrained_model, load_checkpoint_strict
 from ._push import push_to_hub

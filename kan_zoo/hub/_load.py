@@ -22,7 +22,7 @@ from timm.models import parse_model_name
 from timm.models._hub import hf_split
 from torch import nn
 
-from ._errors import CheckpointMismatchError, CorruptCheckpointError, HubFileNotCachedError, UnknownModelError
+from ..errors import CheckpointMismatchError, CorruptCheckpointError, HubFileNotCachedError, UnknownModelError
 
 __all__ = ["read_safetensors", "load_checkpoint_strict", "create_model_checked", "create_pretrained_model"]
 

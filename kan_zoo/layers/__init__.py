@@ -1,18 +1,25 @@
-"""KAN layers: convolutions over any basis in 1D/2D/3D, their bottleneck form, and KANLinear."""
+"""KAN layers: convolutions over any basis in 1D/2D/3D, their bottleneck form, and KANLinear.
+
+The core (conv, bottleneck, linear, activation) and the bases (bases/) say what a layer computes; the ways of
+running it fast live in kernels/, whose docstring says which runs when."""
 from .activation import KANActivation
 from .attention import (KANFocalModulation1d, KANFocalModulation2d, KANFocalModulation3d, KANFocalModulationNd,
                         KANSelfAttention1d, KANSelfAttention2d, KANSelfAttention3d, KANSelfAttentionNd,
                         RotaryEmbedding)
 from .bases import BASES, Basis, get_basis_class, register_basis
 from .bottleneck import BottleneckKANConv1d, BottleneckKANConv2d, BottleneckKANConv3d, BottleneckKANConvNd
-from .cpu_kernels import cpu_kernels_enabled, set_cpu_kernels_enabled
-from .conv import KANConv1d, KANConv2d, KANConv3d, KANConvNd
-from .fused import set_memory_efficient
+from .conv import KANConv1d, KANConv2d, KANConv3d, KANConvNd, set_memory_efficient
 from .helpers import GroupPReLU
+from .kernels.switches import (
+    cpu_kernels_enabled,
+    native_kernels_enabled,
+    set_cpu_kernels_enabled,
+    set_native_kernels_enabled,
+    set_triton_enabled,
+    triton_enabled,
+)
 from .linear import KANLinear
 from .moe import MoEKANConv1d, MoEKANConv2d, MoEKANConv3d, MoEKANConvNd, moe_aux_loss
-from .native_kernels import native_kernels_enabled, set_native_kernels_enabled
-from .triton_basis import set_triton_enabled, triton_enabled
 
 __all__ = [
     "BASES", "Basis", "get_basis_class", "register_basis", "KANConvNd", "KANConv1d", "KANConv2d", "KANConv3d",

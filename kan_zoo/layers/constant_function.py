@@ -3,7 +3,7 @@
 Its block of the stacked tensor is one value c everywhere, so its part of the convolution is c times
 the convolution of an all-ones image (zero-padded like the input) with that block's kernels summed
 over its input channels: the same (1, C_out, *spatial) map for every sample. The layer's fast paths
-(kan_zoo.layers.conv, kan_zoo.layers.fused) leave the block out of the stacked tensor and add this
+(kan_zoo.layers.conv, kan_zoo.layers.kernels.fused) leave the block out of the stacked tensor and add this
 instead, so the convolution runs over one function fewer (gram degree 3: 4 of 5 blocks, about a fifth
 of its time) and the stacked tensor kept for backward is a block smaller; compiled graphs do the same in
 plain ops. The eager plain autograd path, the reference, and exports still convolve the constant block.

@@ -13,13 +13,9 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from timm.layers import register_notrace_module
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .bases import get_basis_class
 from .constant_function import constant_response, split_constant
-from .fused import ExpandConvFunction, numeric_padding
-from .triton_basis import expand_conv as triton_expand_conv
-from .triton_basis import triton_applies
 from .helpers import (
     CONV_FNS,
     NormSpec,
@@ -30,12 +26,14 @@ from .helpers import (
     create_activation,
     create_norm,
     match_checkpoint_grid,
+    numeric_padding,
     stack_functions,
     take,
     to_tuple,
 )
+from .kernels import dispatch
 
-__all__ = ["KANConvNd", "KANConv1d", "KANConv2d", "KANConv3d", "DEFAULT_NORM"]
+__all__ = ["KANConvNd", "KANConv1d", "KANConv2d", "KANConv3d", "DEFAULT_NORM", "set_memory_efficient"]
 
 # Sentinel: "use the basis's own default norm" (InstanceNorm for most, BatchNorm for wavelet).
 DEFAULT_NORM = "default"
@@ -169,7 +167,7 @@ class KANConvNd(nn.Module):
             y = self.expand_conv(x if self.base_folded else None, basis_input)
         else:
             t = self.dropout(self.basis.prepare(basis_input))
-            y = self._conv(self.basis.base(x), self.weight, self.groups) + self._non_separable_branch(t)
+            y = self._conv(self.basis.base(x), self.weight, self.groups) + dispatch.non_separable_branch(self, t)
         if not self.basis.normalizes_input:
             y = self.norm(y)
         return self.act(y)
@@ -244,47 +242,16 @@ class KANConvNd(nn.Module):
         return self._conv(stacked, rest, self.groups).add_(constant_response(self, summed, u))
 
     def expand_conv(self, x: Optional[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
-        """conv(stacked basis of (x, u), weight): one fused autograd node where it applies."""
-        if self.compile_calls_eager_node and _calls_eager_node_from_graph(u):
-            return _expand_conv_outside_graph(self, x, u)
-        mask = self.dropout_mask(u)
-        params = list(self.basis.parameters())
-        needs_grad = torch.is_grad_enabled() and (
-            u.requires_grad or self.weight.requires_grad or any(p.requires_grad for p in params)
-            or (x is not None and x.requires_grad)
-        )
-        if triton_applies(self, x, u, mask):  # CUDA: one fused kernel each way (kan_zoo.layers.triton_basis)
-            return triton_expand_conv(self, x, u, mask, params, needs_grad)
-        eager = _eager_fast_path(u)
-        if not needs_grad:  # inference: no per-function tensors, no concatenation pass, no constant channels
-            if eager:
-                return self.conv_expanded(x, u, mask, self.weight, keep=False)[0]
-            return self._expand_conv_plain(x, u, mask)
-        if eager and self.numeric_padding is not None:
-            return ExpandConvFunction.apply(self, not self.memory_efficient, x, u, mask, self.weight, *params)
-        if self.memory_efficient:
-            return checkpoint(self._expand_conv_plain, x, u, mask, use_reentrant=False)
-        return self._expand_conv_plain(x, u, mask)
+        """conv(stacked basis of (x, u), weight): one fused autograd node where it applies (the paths:
+        kan_zoo.layers.kernels)."""
+        return dispatch.expand_conv(self, x, u)
 
-    def _non_separable_branch(self, t: torch.Tensor) -> torch.Tensor:
-        """The basis branch of a non-separable basis (wavelet), whose tensor is C_out / G times t."""
-        if self.numeric_padding is not None and t.device.type != "meta":
-            # Chunked, keeps only t (kan_zoo.layers.fused_wavelet). Compiled models call it too, outside
-            # the graph: the compiled plain ops ran 3x slower than the eager node and kept the big tensor.
-            if not torch.compiler.is_compiling():
-                return self.basis.convolve_chunked(t, self)
-            if self.compile_calls_eager_node is not False and not torch.compiler.is_exporting():  # exporters: plain
-                return _convolve_chunked_outside_graph(self, t)
-        if self.memory_efficient and torch.is_grad_enabled():
-            return checkpoint(self.basis.convolve, t, self._conv, use_reentrant=False)
-        return self.basis.convolve(t, self._conv)
-
-    def _expand_conv_plain(
-        self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]
+    def expand_conv_plain(
+        self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor], skip_constant: bool = False
     ) -> torch.Tensor:
-        if _compiling_a_graph() and self.skips_constant(x):
-            # Compiled graphs leave the constant block out as the eager nodes do (one function fewer to
-            # convolve); the eager plain ops and exports keep it, as the reference.
+        """:meth:`expand_conv` in plain differentiable ops; with ``skip_constant`` the constant function's block
+        is left out of the stack and added in closed form."""
+        if skip_constant:
             functions = self.basis_functions(x, u, mask)
             del functions[int(x is not None)]
             return self._conv_without_constant(stack_functions(functions, self.groups), self.weight, u)
@@ -306,48 +273,23 @@ class KANConvNd(nn.Module):
         return s
 
 
-def _eager_fast_path(u: torch.Tensor) -> bool:
-    """Whether the hand-run nodes (fused, fused_wavelet) may run: eagerly only, because the compiler
-    and exporters must see the plain ops, meta tensors have nothing to compute, and autocast picks
-    dtypes per op, which the nodes' preallocated tensors would not follow."""
-    return (
-        not torch.compiler.is_compiling()
-        and u.device.type != "meta"
-        and not torch.is_autocast_enabled(u.device.type)
-    )
-
-
-def _compiling_a_graph() -> bool:
-    """Inside a torch.compile trace that is not an export (exporters must see the reference ops)."""
-    return torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-
-
-def _calls_eager_node_from_graph(u: torch.Tensor) -> bool:
-    """Whether a compiled CPU graph may call the eager fused node instead of compiling the plain ops
-    (where the layer's compile_calls_eager_node is True): per layer, inductor's code for the grid bases'
-    plain ops ran at 0.71-0.88x the node's speed (no reuse of values kept by forward), the called node
-    at 1.00-1.03x. Exporters still see the plain ops; GPUs compile them."""
-    return _compiling_a_graph() and u.device.type == "cpu"
-
-
-# What torch.compile(fullgraph=True) reports where it meets the graph break.
-_FULLGRAPH_HINT = ("kan_zoo's KAN layers run their eager node here; for fullgraph=True set "
-                   "kan_zoo.layers.KANConvNd.compile_calls_eager_node = False (plain ops in the graph)")
-
-
-@torch.compiler.disable(reason=_FULLGRAPH_HINT)
-def _expand_conv_outside_graph(layer: KANConvNd, x: Optional[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
-    return layer.expand_conv(x, u)
-
-
-@torch.compiler.disable(reason=_FULLGRAPH_HINT)
-def _convolve_chunked_outside_graph(layer: KANConvNd, t: torch.Tensor) -> torch.Tensor:
-    return layer.basis.convolve_chunked(t, layer)
-
-
 def _uniform(tensor: torch.Tensor, fan_in: int) -> None:
     bound = math.sqrt(3.0 / fan_in)
     tensor.uniform_(-bound, bound)
+
+
+def set_memory_efficient(model: nn.Module, enabled: bool = True) -> int:
+    """Switch memory-efficient mode on (or off) for every KAN layer in ``model``; returns how many.
+
+    In that mode a layer recomputes its basis in backward instead of storing it, so it keeps about
+    the activations of a plain conv + norm + activation, for roughly one more pass of elementwise work.
+    """
+    count = 0
+    for module in model.modules():
+        if isinstance(module, KANConvNd):
+            module.memory_efficient = bool(enabled)
+            count += 1
+    return count
 
 
 @register_notrace_module

@@ -19,6 +19,16 @@ def to_tuple(value: Union[int, Sequence[int]], ndim: int, name: str) -> Tuple[in
     return value
 
 
+def numeric_padding(padding, kernel_size: Sequence[int], dilation: Sequence[int]) -> Optional[Tuple[int, ...]]:
+    """The symmetric per-dimension padding a padding spec means, or None for asymmetric 'same'."""
+    if padding == "valid":
+        return (0,) * len(kernel_size)
+    if padding == "same":
+        total = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
+        return None if any(t % 2 for t in total) else tuple(t // 2 for t in total)
+    return tuple(padding)
+
+
 def check_channels(in_channels: int, out_channels: int, groups: int) -> None:
     for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:

@@ -51,6 +51,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
+from ..errors import CorruptCheckpointError, HubFileNotCachedError
 from ..layers import BASES, BottleneckKANConv2d, KANConv2d
 from ..layers.bottleneck import inner_width
 from ..layers.helpers import NormSpec
@@ -447,8 +448,6 @@ def _explain_pretrained_errors(variant: str, kwargs: Dict[str, Any]) -> Iterator
     from huggingface_hub.errors import LocalEntryNotFoundError
     from safetensors import SafetensorError
     from timm.models._builder import resolve_pretrained_cfg
-
-    from ..hub import CorruptCheckpointError, HubFileNotCachedError
 
     try:
         yield

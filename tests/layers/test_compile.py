@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from kan_zoo.layers import BASES, BottleneckKANConv2d, KANConv2d, KANConvNd, fused
+from kan_zoo.layers import BASES, BottleneckKANConv2d, KANConv2d, KANConvNd
+from kan_zoo.layers.kernels import fused
 from layer_helpers import native_kernels_switched, run_with_grads
 
 
@@ -124,7 +125,7 @@ def test_compiled_graph_leaves_the_constant_function_out_of_the_convolution(basi
 @pytest.mark.parametrize("memory_efficient", [False, True])
 def test_compiled_graphs_call_the_c_kernels_as_custom_ops(basis, memory_efficient):
     """The grid bases' graphs (one graph, fullgraph) call their C kernels as kan_zoo custom ops with their own
-    backward (kan_zoo.layers.native_ops); compiled equals eager, gradients (relu's phases too) included; with
+    backward (kan_zoo.layers.kernels.native_ops); compiled equals eager, gradients (relu's phases too) included; with
     the kernels off the graph has the plain ops again."""
     targets = []
 

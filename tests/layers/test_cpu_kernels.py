@@ -1,4 +1,4 @@
-"""The compiled CPU basis kernels (kan_zoo.layers.cpu_kernels), which the wavelet node's chunks use: against
+"""The compiled CPU basis kernels (kan_zoo.layers.kernels.cpu_kernels), which the wavelet node's chunks use: against
 the eager chunks and finite differences, where they apply and where they must not, and the fallback when
 compilation fails (bspline, relu and rbf have C kernels instead: test_native_kernels.py). Each (kernel, dtype,
 input rank) compiles once per process (a few seconds)."""
@@ -13,8 +13,8 @@ from typing import Iterator
 import pytest
 import torch
 
-from kan_zoo.layers import (KANConv1d, KANConv2d, cpu_kernels, native_kernels, set_cpu_kernels_enabled,
-                            set_memory_efficient)
+from kan_zoo.layers import KANConv1d, KANConv2d, set_cpu_kernels_enabled, set_memory_efficient
+from kan_zoo.layers.kernels import cpu_kernels, switches
 
 from layer_helpers import assert_same_results, run_with_grads
 
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.xdist_group("cp
 @pytest.fixture(autouse=True)
 def _without_c_kernels(monkeypatch) -> None:
     """The wavelet chunks prefer the C kernels (test_native_kernels.py) where both apply: off here."""
-    monkeypatch.setattr(native_kernels, "_ENABLED", False)
+    monkeypatch.setattr(switches.NATIVE_KERNELS, "enabled", False)
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +53,7 @@ def kernels_on() -> Iterator[None]:
 
 @pytest.mark.parametrize("memory_efficient", [False, True])
 def test_layer_gradcheck_with_kernels(kernels_on, memory_efficient):
-    from kan_zoo.layers import fused_wavelet
+    from kan_zoo.layers.kernels import fused_wavelet
 
     layer = KANConv1d(2, 3, 3, padding=1, basis="wavelet").double()
     set_memory_efficient(layer, memory_efficient)
@@ -112,7 +112,7 @@ def test_wavelet_chunks_with_kernels_equal_eager_chunks(wavelet_type, monkeypatc
     """The wavelet node's compiled chunk kernels (psi forward; psi, dL/dz sums and dL/dx backward) against
     its eager chunks, in float64 over many chunks (one output per chunk, positions split); meyer has no
     closed form and keeps the eager chunks."""
-    from kan_zoo.layers import fused_wavelet
+    from kan_zoo.layers.kernels import fused_wavelet
 
     monkeypatch.setitem(fused_wavelet._CHUNK_ELEMENTS, "cpu", 40)
     layer = KANConv2d(4, 6, 3, padding=1, stride=2, groups=2, basis="wavelet", wavelet_type=wavelet_type).double()
@@ -132,7 +132,7 @@ def test_kernels_are_not_recompiled_for_new_shapes(kernels_on):
     same compiled code (each kernel may have at most cpu_kernels._GRAPHS_PER_KERNEL graphs)."""
     from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
 
-    from kan_zoo.layers import fused_wavelet
+    from kan_zoo.layers.kernels import fused_wavelet
 
     codes = [fused_wavelet._psi_kernel.__code__, fused_wavelet._psi_backward_kernel.__code__]
 

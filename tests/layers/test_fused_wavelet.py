@@ -1,4 +1,4 @@
-"""The chunked wavelet node (kan_zoo.layers.fused_wavelet) against the plain wavelet ops."""
+"""The chunked wavelet node (kan_zoo.layers.kernels.fused_wavelet) against the plain wavelet ops."""
 import copy
 import itertools
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kan_zoo.layers import KANConv1d, KANConv2d, KANConv3d
-from kan_zoo.layers import fused_wavelet
+from kan_zoo.layers.kernels import fused_wavelet
 from kan_zoo.layers.bases.wavelet import WAVELETS
 from layer_helpers import (assert_same_results, gradient_penalty_grads, plain_autograd_copy, run_with_grads,
                            saved_bytes)

@@ -1,6 +1,6 @@
 """The fused node's hand-written fast path of the grid bases (bspline, rbf, relu) and of bernstein:
 expand_into equals the stacked expand, expand_backward equals autograd of expand, also on refitted
-(non-uniform) grids. bspline's fast path runs as C kernels by default (kan_zoo.layers.native_kernels) and as
+(non-uniform) grids. bspline's fast path runs as C kernels by default (kan_zoo.layers.kernels.native_kernels) and as
 eager steps without them: both are checked."""
 from typing import List
 

@@ -48,9 +48,10 @@ def test_chunked_fast_path_matches_plain_autograd(name, layer, budget, monkeypat
     """The CPU fast path expands (and back-propagates through) the basis a piece of the batch at a
     time; forced down to one sample, or a few rows of one, per piece it still equals plain autograd,
     in both modes and in inference. Without the C kernels, which tile the input themselves."""
-    from kan_zoo.layers import conv, fused, helpers, native_kernels
+    from kan_zoo.layers import conv, helpers
+    from kan_zoo.layers.kernels import fused, switches
 
-    monkeypatch.setattr(native_kernels, "_ENABLED", False)
+    monkeypatch.setattr(switches.NATIVE_KERNELS, "enabled", False)
 
     if not layer.basis.separable:
         pytest.skip("the wavelet basis has its own chunking (tests/layers/test_fused_wavelet.py)")

@@ -1,4 +1,4 @@
-"""The C basis kernels (kan_zoo.layers.native_kernels): the bspline, relu and rbf kernels and the wavelet node's
+"""The C basis kernels (kan_zoo.layers.kernels.native_kernels): the bspline, relu and rbf kernels and the wavelet node's
 chunk kernels against the eager paths (the same steps in the same order) and finite differences, in every
 layout the layers hand them, and the build machinery (cache, atomic writes, fallbacks, one OpenMP runtime)."""
 import os
@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from kan_zoo.grid import update_grid
-from kan_zoo.layers import KANConv1d, KANConv2d, KANConv3d, native_kernels, set_memory_efficient
+from kan_zoo.layers import KANConv1d, KANConv2d, KANConv3d, set_memory_efficient
 from kan_zoo.layers.bases.bspline import BSplineBasis
 from kan_zoo.layers.bases.rbf import RBFBasis
 from kan_zoo.layers.bases.relu import ReLUBasis
+from kan_zoo.layers.kernels import native_kernels
 
 from layer_helpers import assert_same_results, native_kernels_switched, run_with_grads
 
@@ -149,7 +150,7 @@ def _wavelet_layer(wavelet_type: str, dtype: torch.dtype = torch.float64) -> KAN
 def test_wavelet_chunk_kernels_equal_the_eager_chunks(wavelet_type, monkeypatch):
     """psi forward, and psi, the dL/dz sums and dL/dx backward, in float64 over many chunks (one output per
     chunk, positions split); morlet has no C kernel and keeps the eager chunks."""
-    from kan_zoo.layers import fused_wavelet
+    from kan_zoo.layers.kernels import fused_wavelet
 
     monkeypatch.setitem(fused_wavelet._CHUNK_ELEMENTS, "cpu", 40)
     layer = _wavelet_layer(wavelet_type)
@@ -172,7 +173,7 @@ def test_wavelet_layer_gradcheck_with_kernels(memory_efficient):
 
 
 def test_wavelet_kernels_float32_and_where_they_do_not_apply():
-    from kan_zoo.layers import fused_wavelet
+    from kan_zoo.layers.kernels import fused_wavelet
 
     layer = _wavelet_layer("mexican_hat", torch.float32)
     x = torch.randn(2, 4, 9, 8)
@@ -202,7 +203,7 @@ def test_nan_and_infinity_come_out_as_on_the_eager_path(basis, options):
 
 
 def test_nan_comes_out_of_the_wavelet_chunk_kernels():
-    from kan_zoo.layers import fused_wavelet
+    from kan_zoo.layers.kernels import fused_wavelet
 
     layer = _wavelet_layer("mexican_hat")
     t = torch.randn(2, 4, 5, 6, dtype=torch.float64)
@@ -402,7 +403,7 @@ def test_a_damaged_cached_library_is_built_again(fresh_cache):
 def test_processes_building_at_once_share_one_library(fresh_cache):
     """DDP on CPU starts several processes that reach their first KAN layer together: all of them load a
     library, and the cache ends with one file and no temporaries."""
-    code = ("import torch; from kan_zoo.layers import native_kernels as n; "
+    code = ("import torch; from kan_zoo.layers.kernels import native_kernels as n; "
             "assert n.kernel('relu', 'relu_expand', torch.float32) is not None")
     env = dict(os.environ, KAN_ZOO_KERNEL_CACHE=str(fresh_cache))
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)

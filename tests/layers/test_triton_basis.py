@@ -1,4 +1,4 @@
-"""The Triton path (kan_zoo.layers.triton_basis) against float64 and the torch path it replaces.
+"""The Triton path (kan_zoo.layers.kernels.triton_basis) against float64 and the torch path it replaces.
 
 On a CUDA machine the kernels compile and run on the GPU; elsewhere (CI) they run on CPU tensors
 under Triton's interpreter (TRITON_INTERPRET=1, set for this module only), the same kernel code.
@@ -20,7 +20,7 @@ pytest.importorskip("triton")
 from kan_zoo.layers import (  # noqa: E402
     BottleneckKANConv2d, KANConv1d, KANConv2d, KANConv3d, set_memory_efficient, set_triton_enabled,
 )
-from kan_zoo.layers import triton_basis  # noqa: E402
+from kan_zoo.layers.kernels import triton_basis  # noqa: E402
 from kan_zoo.layers.bases.gram import GramBasis  # noqa: E402
 from kan_zoo.layers.bases.relu import ReLUBasis  # noqa: E402
 from error_model import (  # noqa: E402

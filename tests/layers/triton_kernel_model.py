@@ -1,6 +1,6 @@
 """What kan_zoo's Triton basis kernels compute, operation by operation, with float32 error bounds.
 
-Each function mirrors one of kan_zoo/layers/_triton_kernels.py (or _triton_relu_kernels.py) on
+Each function mirrors one of kan_zoo/layers/kernels/_triton_kernels.py (or _triton_relu_kernels.py) on
 tests/error_model.Bounded values: the exact value (float64) of what the kernel computes in exact
 arithmetic, and a bound on how far its float32 result can be from it. The kernels' constants enter
 as the exact values the float64 torch path uses, with the distance of their float32 copies as error.
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from error_model import EXP_BASE, Bounded, sum_bound
-from kan_zoo.layers import triton_basis
+from kan_zoo.layers.kernels import triton_basis
 from kan_zoo.layers.bases.bernstein import BernsteinBasis
 from kan_zoo.layers.bases.bspline import BSplineBasis
 from kan_zoo.layers.bases.gram import GramBasis

@@ -148,9 +148,10 @@ def test_grid_flags_refused_where_they_cannot_work(tiny_folder, tmp_path):
 
 
 def test_cpu_kernels_flag_trains_like_the_eager_path_and_is_put_back(tiny_folder, tmp_path, monkeypatch):
-    from kan_zoo.layers import cpu_kernels, cpu_kernels_enabled, native_kernels
+    from kan_zoo.layers import cpu_kernels_enabled
+    from kan_zoo.layers.kernels import cpu_kernels, switches
 
-    monkeypatch.setattr(native_kernels, "_ENABLED", False)  # the wavelet chunks would take the C kernels
+    monkeypatch.setattr(switches.NATIVE_KERNELS, "enabled", False)  # the wavelet chunks would take the C kernels
     calls = []
     compiled = cpu_kernels.run_compiled
     monkeypatch.setattr(cpu_kernels, "run_compiled", lambda kernel, *a: calls.append(kernel) or compiled(kernel, *a))

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .. import native_kernels
+from ..kernels import native_kernels
 
 __all__ = ["Basis", "BASES", "register_basis", "get_basis_class", "state_shape"]
 
@@ -82,8 +82,8 @@ class Basis(nn.Module):
     # Where expand_backward can use the forward's function values (``functions``) instead of recomputing
     # them: the fused node passes them when it kept the stacked tensor (default mode).
     backward_reads_functions: ClassVar[bool] = False
-    # Where the fast paths have C kernels: csrc/<native_library>.c (kan_zoo.layers.native_kernels builds it,
-    # kan_zoo.layers.native_ops calls it).
+    # Where the fast paths have C kernels: csrc/<native_library>.c (kan_zoo.layers.kernels.native_kernels builds
+    # it, kan_zoo.layers.kernels.native_ops calls it).
     native_library: ClassVar[Optional[str]] = None
 
     def __init__(self, channels: int, degree: int) -> None:
@@ -111,7 +111,7 @@ class Basis(nn.Module):
     def base(self, x: torch.Tensor) -> torch.Tensor:
         return _ACTIVATIONS[self.base_activation](x)
 
-    # -- optional fast paths for the fused expand+conv node (kan_zoo.layers.fused); never under autograd
+    # -- optional fast paths for the fused expand+conv node (kan_zoo.layers.kernels.fused); never under autograd
     def constant_value(self, dtype: torch.dtype) -> float:
         """Function 0's value, rounded as :meth:`expand` computes it in ``dtype`` (has_constant_function only)."""
         raise NotImplementedError(f"the {self.name} basis has no constant function")
@@ -127,11 +127,11 @@ class Basis(nn.Module):
     def expands_in_pieces(self, t: torch.Tensor) -> bool:
         """Whether the fast paths should run expand_into / expand_backward on ``t`` a piece of the batch at
         a time (helpers.batch_chunks: eager temporaries stay in cache); False where the basis runs a
-        C kernel that tiles the input itself (kan_zoo.layers.native_kernels)."""
+        C kernel that tiles the input itself (kan_zoo.layers.kernels.native_kernels)."""
         return not self.runs_native_kernels(t)
 
     def runs_native_kernels(self, t: torch.Tensor) -> bool:
-        """Whether the fast paths run the basis's C kernels (kan_zoo.layers.native_ops) on t: the basis has
+        """Whether the fast paths run the basis's C kernels (kan_zoo.layers.kernels.native_ops) on t: the basis has
         them, they are on and built, and t is a plain float CPU tensor."""
         return (self.native_library is not None and native_kernels.native_kernels_apply(t)
                 and native_kernels.kernel(self.native_library, f"{self.native_library}_expand", t.dtype) is not None)

@@ -5,7 +5,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .. import native_kernels, native_ops
+from ..kernels import native_kernels, native_ops
 from .base import Basis, register_basis, state_shape
 
 

@@ -2,7 +2,7 @@
 P_i = (a_i t + g_i) P_{i-1} - c_i P_{i-2} on t = tanh(x).
 
 A basis of this kind only lists its coefficients; ``expand`` (autograd path) and the fused
-expand+conv node's fast path (kan_zoo.layers.fused) both derive from them. The fast path writes
+expand+conv node's fast path (kan_zoo.layers.kernels.fused) both derive from them. The fast path writes
 each P_i straight into its slot of the stacked tensor, and its backward runs the recurrence's
 adjoint in a few passes per degree instead of replaying ``expand`` under autograd.
 """

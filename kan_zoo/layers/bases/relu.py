@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .. import native_kernels, native_ops
+from ..kernels import native_kernels, native_ops
 from .base import Basis, register_basis, state_shape
 
 

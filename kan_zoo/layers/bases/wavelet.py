@@ -7,16 +7,17 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..fused_wavelet import ChunkFunction, WaveletConvFunction, wavelet_conv
 from ..helpers import CONV_FNS
 from .base import Basis, register_basis
 
-
-_MEXICAN_HAT_SCALE = 2.0 / (math.sqrt(3.0) * math.pi**0.25)
+# The mexican hat's amplitude, which its C chunk kernel applies too (kan_zoo.layers.kernels.fused_wavelet).
+MEXICAN_HAT_SCALE = 2.0 / (math.sqrt(3.0) * math.pi**0.25)
+# (z, with_derivative) -> (psi(z), psi'(z) or None) for one chunk: a wavelet's closed forms.
+ChunkFunction = Callable[[torch.Tensor, bool], Tuple[torch.Tensor, Optional[torch.Tensor]]]
 
 
 def _mexican_hat(z: torch.Tensor) -> torch.Tensor:
-    return _MEXICAN_HAT_SCALE * (z * z - 1) * torch.exp(-0.5 * z * z)
+    return MEXICAN_HAT_SCALE * (z * z - 1) * torch.exp(-0.5 * z * z)
 
 
 def _morlet(z: torch.Tensor) -> torch.Tensor:
@@ -51,7 +52,7 @@ WAVELETS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-# psi(z) and, when asked, psi'(z) for one chunk of the fused node (kan_zoo.layers.fused_wavelet):
+# psi(z) and, when asked, psi'(z) for one chunk of the fused node (kan_zoo.layers.kernels.fused_wavelet):
 # closed forms sharing the Gaussian factor, temporaries reused in place (a chunk's passes then stay
 # in cache). Wavelets missing here go through WAVELETS and autograd per chunk.
 
@@ -60,9 +61,9 @@ def _mexican_hat_chunk(z: torch.Tensor, with_derivative: bool) -> Tuple[torch.Te
     q = z * z
     e = q.mul(-0.5).exp_()
     if not with_derivative:
-        return q.sub_(1).mul_(e).mul_(_MEXICAN_HAT_SCALE), None
-    psi = (q - 1).mul_(e).mul_(_MEXICAN_HAT_SCALE)
-    return psi, q.neg_().add_(3).mul_(z).mul_(e).mul_(_MEXICAN_HAT_SCALE)  # A z (3 - z^2) e
+        return q.sub_(1).mul_(e).mul_(MEXICAN_HAT_SCALE), None
+    psi = (q - 1).mul_(e).mul_(MEXICAN_HAT_SCALE)
+    return psi, q.neg_().add_(3).mul_(z).mul_(e).mul_(MEXICAN_HAT_SCALE)  # A z (3 - z^2) e
 
 
 def _morlet_chunk(z: torch.Tensor, with_derivative: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -86,13 +87,33 @@ WAVELET_CHUNK_FUNCTIONS: Dict[str, ChunkFunction] = {
 }
 
 
+def wavelet_conv(
+    t: torch.Tensor,
+    scale: torch.Tensor,
+    translation: torch.Tensor,
+    weight: torch.Tensor,
+    groups: int,
+    psi: Callable[[torch.Tensor], torch.Tensor],
+    conv: Callable[..., torch.Tensor],
+) -> torch.Tensor:
+    """The wavelet branch before the output mix, in plain differentiable ops: output o of a group
+    convolves psi((t_j - translation_oj) / scale_oj) over the group's inputs j with its kernels
+    weight[o, j]. ``conv(x, w, groups)`` is the layer's convolution."""
+    n, spatial = t.shape[0], t.shape[2:]
+    out_channels, c = scale.shape
+    view = (1, groups, out_channels // groups, c) + (1,) * len(spatial)
+    x = t.reshape(n, groups, 1, c, *spatial)
+    z = (x - translation.view(view)) / scale.view(view)
+    return conv(psi(z).reshape(n, out_channels * c, *spatial), weight, out_channels)
+
+
 @register_basis
 class WaveletBasis(Basis):
     """psi((x_j - tau_pj) / s_pj) for every (output p, input j) pair, then a depthwise conv per output
     and a grouped 1x1 conv mixing the outputs of a group.
 
     Cost: the wavelet tensor has out_channels / groups times the elements of the input. The layer's
-    chunked node (kan_zoo.layers.fused_wavelet) never holds it whole and keeps only its input for
+    chunked node (kan_zoo.layers.kernels.fused_wavelet) never holds it whole and keeps only its input for
     backward, but the elementwise work still grows with C_out / groups x C_in: use groups on wide layers.
     Where the node does not apply (an asymmetric 'same' padding, export tracing) the plain ops run,
     which keep that tensor for backward unless ``memory_efficient=True``.
@@ -132,14 +153,10 @@ class WaveletBasis(Basis):
 
     def convolve(self, t: torch.Tensor, conv: Callable[..., torch.Tensor]) -> torch.Tensor:
         """The wavelet branch for input t (N, C_in, *spatial) in plain ops; ``conv(x, w, groups)`` is
-        the layer's conv. The layer prefers :meth:`convolve_chunked` where it applies."""
+        the layer's conv. The layer prefers the chunked node (kan_zoo.layers.kernels.fused_wavelet) where it
+        applies."""
         branch = wavelet_conv(t, self.scale, self.translation, self.wavelet_weight, self.groups, self.psi, conv)
         return self.mix(branch)
-
-    def convolve_chunked(self, t: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-        """Same as :meth:`convolve` for a layer with numeric padding, in chunks that never build the
-        (C_out / groups) x input wavelet tensor, and keeping only t for backward."""
-        return self.mix(WaveletConvFunction.apply(layer, t, self.scale, self.translation, self.wavelet_weight))
 
     @property
     def psi(self) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -2,7 +2,7 @@
 
    B_f = exp(-(z_f z_f)), z_f = (x - mu_f) inv_width, in RBFBasis.expand_into's order of operations; the
    backward reads the kept B_f where the caller has them, else recomputes them (exp_<suffix> of
-   vector_math.h, within 1.2 ulp in tests). Loaded by kan_zoo.layers.native_kernels (ctypes); the caller
+   vector_math.h, within 1.2 ulp in tests). Loaded by kan_zoo.layers.kernels.native_kernels (ctypes); the caller
    checks every shape, stride and dtype. Input (rows = n * groups, inner), contiguous. */
 #define TILE 256
 

@@ -4,13 +4,13 @@ Why: the eager CPU fast path (Basis.expand_into / expand_backward, the wavelet n
 pass over memory per elementwise op, tens of them per layer; a C loop runs all of a basis's steps on a
 small tile of the input that stays in L1 and writes each function once (bspline at 64 channels, 56x56,
 batch 8 on 2 cores: expansion 16.9 -> 4.1 ms, its backward 17.8 -> 4.5 ms). Sources: ``csrc/``.
-Unlike the opt-in torch.compile kernels (kan_zoo.layers.cpu_kernels) there are no torch headers to
+Unlike the opt-in torch.compile kernels (kan_zoo.layers.kernels.cpu_kernels) there are no torch headers to
 compile against: building one source takes about half a second, once per machine, and the library is
 cached on disk.
 
 On by default where a C compiler is found (``$CC``, else ``cc`` or ``gcc`` on PATH); off with
-``kan_zoo.layers.set_native_kernels_enabled(False)`` or ``KAN_ZOO_NATIVE_KERNELS=0``. Without a
-compiler the layers keep the eager path silently; a build or load that fails warns once and does the
+``kan_zoo.layers.set_native_kernels_enabled(False)`` or ``KAN_ZOO_NATIVE_KERNELS=0`` (.switches). Without
+a compiler the layers keep the eager path silently; a build or load that fails warns once and does the
 same. The eager path stays the reference: tests compare the two.
 
 Cache: ``$KAN_ZOO_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/kan_zoo/kernels`` (``~/.cache/...``). Each
@@ -35,12 +35,12 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["set_native_kernels_enabled", "native_kernels_enabled", "native_kernels_apply", "kernel", "call",
-           "block_strides", "blocked", "threads"]
+from .switches import NATIVE_KERNELS
+
+__all__ = ["native_kernels_apply", "kernel", "call", "block_strides", "blocked", "threads"]
 
 _log = logging.getLogger(__name__)
 
-_ENABLED = os.environ.get("KAN_ZOO_NATIVE_KERNELS", "1") != "0"
 # -fopenmp: the loops run on torch's thread count, in the OpenMP runtime torch already loaded (libgomp.so.1).
 # Where the compiler refuses a flag, the next set: without -march=native, then also without OpenMP
 # (single-threaded, still one pass).
@@ -53,21 +53,9 @@ _SHARED_HEADER = "vector_math.h"
 _LIBRARIES: Dict[str, Optional[ctypes.CDLL]] = {}
 
 
-def set_native_kernels_enabled(enabled: bool = True) -> bool:
-    """Turn the C basis kernels on or off for every layer; returns the previous setting."""
-    global _ENABLED
-    previous, _ENABLED = _ENABLED, bool(enabled)
-    return previous
-
-
-def native_kernels_enabled() -> bool:
-    """Whether layers may use the C kernels (each basis still decides where they apply)."""
-    return _ENABLED
-
-
 def native_kernels_apply(t: torch.Tensor) -> bool:
     """Whether a kernel may run on ``t``: enabled, a plain (not fake, not traced) float32/float64 CPU tensor."""
-    return (_ENABLED and type(t) is torch.Tensor and t.device.type == "cpu" and t.dtype in _SUFFIX
+    return (NATIVE_KERNELS.enabled and type(t) is torch.Tensor and t.device.type == "cpu" and t.dtype in _SUFFIX
             and not torch.compiler.is_compiling())
 
 

@@ -1,6 +1,6 @@
 """Triton kernels for the basis expansion of every separable basis (all but wavelet).
 
-Imported lazily by kan_zoo.layers.triton_basis, only when a layer takes the Triton path, so that
+Imported lazily by kan_zoo.layers.kernels.triton_basis, only when a layer takes the Triton path, so that
 ``import kan_zoo`` never needs Triton. Every kernel is 1-D over the input u (N, C, *spatial): each
 element is read once and its (base branch +) degree + 1 functions are written to, or their
 gradients read from, the layer's stacked layout (N, G, F, C / G, *spatial). All arithmetic is float32

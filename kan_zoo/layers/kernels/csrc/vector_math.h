@@ -1,4 +1,4 @@
-/* Vectorizable math shared by the C kernels of kan_zoo.layers.native_kernels, which compiles it in front of
+/* Vectorizable math shared by the C kernels of kan_zoo.layers.kernels.native_kernels, which compiles it in front of
    every library's source. The C library's exp does not vectorize without -ffast-math, whose other
    liberties (reassociation, no NaN or infinity) the kernels do not want. */
 #include <stdint.h>

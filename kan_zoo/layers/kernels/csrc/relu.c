@@ -2,7 +2,7 @@
 
    B_f = ((r relu(x - a_cf)) relu(b_cf - x))^2 with per-channel phases a, b (ReLUBasis.expand_into, the
    same order of operations); the backward also reduces the phase gradients in the same pass. Loaded by
-   kan_zoo.layers.native_kernels (ctypes); the caller checks every shape, stride and dtype. Compiled for
+   kan_zoo.layers.kernels.native_kernels (ctypes); the caller checks every shape, stride and dtype. Compiled for
    float (f32) and double (f64). The input is (rows = n * channels, spatial), contiguous; a row's channel
    is row % channels. */
 #include <stdint.h>

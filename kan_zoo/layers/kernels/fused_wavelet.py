@@ -14,26 +14,24 @@ This node works in chunks of (outputs of a group) x (positions) sized to stay in
   * backward: the same chunks recomputed, psi'(z) in closed form where the wavelet has one
     (autograd on the chunk otherwise); weight, scale, translation and input gradients are reduced
     per chunk. The node keeps only its input.
-On the CPU the chunk work runs as C kernels (kan_zoo.layers.native_kernels) for the wavelets that have
-one (mexican hat, derivative of Gaussian), else as torch.compile kernels where those are switched on
-(kan_zoo.layers.cpu_kernels), else as eager ops. Under autocast psi stays in full precision and the
-matmuls run in the autocast dtype, as the plain ops' convolution would. torch.compile calls the node
-outside the graph (kan_zoo.layers.conv); double backward replays the plain ops (``wavelet_conv``).
+On the CPU the chunk work runs as C kernels (.native_kernels) for the wavelets that have one (mexican
+hat, derivative of Gaussian), else as torch.compile kernels where those are switched on (.cpu_kernels),
+else as eager ops. Under autocast psi stays in full precision and the matmuls run in the autocast dtype,
+as the plain ops' convolution would. torch.compile calls the node outside the graph (.dispatch); double
+backward replays the plain ops (kan_zoo.layers.bases.wavelet.wavelet_conv).
 """
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..bases.wavelet import MEXICAN_HAT_SCALE, ChunkFunction, wavelet_conv
 from . import cpu_kernels, native_kernels
 from .fused import grads_where_needed
 
-__all__ = ["WaveletConvFunction", "wavelet_conv", "ChunkFunction"]
-
-# (z, with_derivative) -> (psi(z), psi'(z) or None) for one chunk: a wavelet's closed forms.
-ChunkFunction = Callable[[torch.Tensor, bool], Tuple[torch.Tensor, Optional[torch.Tensor]]]
+__all__ = ["WaveletConvFunction", "convolve_chunked"]
 
 # Elements of one chunk of z (and of each temporary like it). CPU: 2 MiB per temporary keeps a
 # chunk's passes in cache and amortises the per-op overhead (64 -> 64 channels, 56x56, batch 8 on
@@ -41,26 +39,6 @@ ChunkFunction = Callable[[torch.Tensor, bool], Tuple[torch.Tensor, Optional[torc
 # memory (64 MiB per temporary) while keeping launches few.
 _CHUNK_ELEMENTS = {"cpu": 1 << 19}
 _DEFAULT_CHUNK_ELEMENTS = 1 << 24
-
-
-def wavelet_conv(
-    t: torch.Tensor,
-    scale: torch.Tensor,
-    translation: torch.Tensor,
-    weight: torch.Tensor,
-    groups: int,
-    psi: Callable[[torch.Tensor], torch.Tensor],
-    conv: Callable[..., torch.Tensor],
-) -> torch.Tensor:
-    """The wavelet branch before the output mix, in plain differentiable ops: output o of a group
-    convolves psi((t_j - translation_oj) / scale_oj) over the group's inputs j with its kernels
-    weight[o, j]. ``conv(x, w, groups)`` is the layer's convolution."""
-    n, spatial = t.shape[0], t.shape[2:]
-    out_channels, c = scale.shape
-    view = (1, groups, out_channels // groups, c) + (1,) * len(spatial)
-    x = t.reshape(n, groups, 1, c, *spatial)
-    z = (x - translation.view(view)) / scale.view(view)
-    return conv(psi(z).reshape(n, out_channels * c, *spatial), weight, out_channels)
 
 
 def _chunks(groups: int, outputs: int, inputs: int, positions: int, budget: int) -> Iterator[Tuple[int, slice, slice]]:
@@ -123,6 +101,13 @@ def _gather_taps(layer, grad_y: torch.Tensor, taps: int, in_spatial: Sequence[in
     return grad_taps
 
 
+def convolve_chunked(layer, t: torch.Tensor) -> torch.Tensor:
+    """``layer.basis.convolve(t, layer._conv)`` for a KANConvNd ``layer`` with a wavelet basis and numeric
+    padding, in chunks that never build the (C_out / groups) x input wavelet tensor, keeping only t for backward."""
+    basis = layer.basis
+    return basis.mix(WaveletConvFunction.apply(layer, t, basis.scale, basis.translation, basis.wavelet_weight))
+
+
 class WaveletConvFunction(torch.autograd.Function):
     """``wavelet_conv(t, scale, translation, weight, ...)`` of a KANConvNd ``layer`` with a wavelet
     basis and numeric padding, computed in chunks (see the module docstring)."""
@@ -166,7 +151,7 @@ def _z(columns: torch.Tensor, inv_scale: torch.Tensor, shift: torch.Tensor, comp
 
 
 def _psi_kernel(columns, inv_scale, shift, compute: torch.dtype, chunk_function: ChunkFunction) -> torch.Tensor:
-    """psi(z) of a chunk; compiled (kan_zoo.layers.cpu_kernels) into one pass: z never exists."""
+    """psi(z) of a chunk; compiled (kan_zoo.layers.kernels.cpu_kernels) into one pass: z never exists."""
     return chunk_function(_z(columns, inv_scale, shift, compute), False)[0]
 
 
@@ -205,9 +190,7 @@ def _native_args(columns: torch.Tensor, inv_scale: torch.Tensor, shift: torch.Te
 
 def _native_kind(basis, dtype: torch.dtype) -> tuple:
     """The kernel's wavelet code and amplitude (mexican hat's scale; 1 for the others) as its array."""
-    from .bases.wavelet import _MEXICAN_HAT_SCALE
-
-    amplitude = _MEXICAN_HAT_SCALE if basis.wavelet_type == "mexican_hat" else 1.0
+    amplitude = MEXICAN_HAT_SCALE if basis.wavelet_type == "mexican_hat" else 1.0
     return _NATIVE_WAVELETS[basis.wavelet_type], torch.tensor([amplitude], dtype=dtype)
 
 

@@ -2,7 +2,7 @@
 
    The same Cox-de Boor steps as BSplineBasis._levels and expand_backward (eager), in the same order, on
    any increasing knots: each tile of TILE input elements runs the whole triangle in a small scratch that
-   stays in L1, instead of one pass over memory per step. Loaded by kan_zoo.layers.native_kernels (ctypes);
+   stays in L1, instead of one pass over memory per step. Loaded by kan_zoo.layers.kernels.native_kernels (ctypes);
    the caller checks every shape, stride and dtype. Compiled for float (f32) and double (f64). */
 #include <stdint.h>
 #include <stdlib.h>

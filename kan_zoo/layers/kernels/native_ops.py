@@ -9,7 +9,7 @@ rest (base branch, stacking, convolution, norm) stays inductor's. Used only whil
 The ops return the functions as (N, F, C, *spatial), function-major, which the plain path unbinds.
 Below them, the one Python call of each grid-basis C kernel, which the ops and the bases' eager fast
 paths both use: they take the layers' stacked layout, (n, G, F, C / G, *spatial) with each (n, g, f)
-block contiguous. (The wavelet node's chunk kernels have one caller: kan_zoo.layers.fused_wavelet.)
+block contiguous. (The wavelet node's chunk kernels have one caller: .fused_wavelet.)
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import native_kernels
+from .switches import NATIVE_KERNELS
 
 __all__ = ["bspline_basis", "rbf_basis", "relu_basis", "traced_kernel_applies", "bspline_expand_into", "bspline_grad",
            "rbf_expand_into", "rbf_grad", "relu_expand_into", "relu_grads"]
@@ -35,7 +36,7 @@ def traced_kernel_applies(basis, t: torch.Tensor) -> bool:
 @torch.compiler.assume_constant_result
 def _kernels_available(library: str, dtype: torch.dtype) -> bool:
     """Evaluated, not traced, while compiling (building the library reads and writes files)."""
-    return native_kernels.native_kernels_enabled() and native_kernels.kernel(
+    return NATIVE_KERNELS.enabled and native_kernels.kernel(
         library, f"{library}_expand", dtype) is not None
 
 

@@ -3,16 +3,16 @@ backward, on CUDA, for every separable basis (all but wavelet).
 
 Why: on a GPU the convolution is cuDNN-fast and the basis expansion around it is memory-bound
 elementwise work; op by op, it reads and writes a tensor the size of the input several times per
-degree. The kernels (kan_zoo.layers._triton_kernels) read the input once and write each function
+degree. The kernels (kan_zoo.layers.kernels._triton_kernels) read the input once and write each function
 straight into the stacked layout, and read the stacked gradient once to write dL/du.
 
 It also runs under autocast: the stacked tensor is written in the autocast dtype (what the conv
 would cast it to anyway), computed in float32 registers, so mixed-precision training keeps half the
 bytes and takes the fused path too. Everything it does not cover (CPU, float64, wavelet, torch.compile
-tracing, create_graph) falls back to the torch path of kan_zoo.layers.fused, which stays the
+tracing, create_graph) falls back to the torch path of kan_zoo.layers.kernels.fused, which stays the
 reference: tests compare the two.
 
-    KAN_ZOO_TRITON=0 in the environment, or set_triton_enabled(False), switches the path off.
+    KAN_ZOO_TRITON=0 in the environment, or set_triton_enabled(False), switches the path off (.switches).
 
 The bspline and relu kernels have been checked only under Triton's interpreter so far, not on a GPU:
 on CUDA they run only with KAN_ZOO_TRITON=all (the interpreter, for tests, runs them always).
@@ -26,18 +26,17 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .bases.bernstein import BernsteinBasis
-from .bases.bspline import BSplineBasis
-from .bases.gram import GramBasis
-from .bases.rbf import RBFBasis
-from .bases.recurrence import ThreeTermRecurrenceBasis
-from .bases.relu import ReLUBasis
+from ..bases.bernstein import BernsteinBasis
+from ..bases.bspline import BSplineBasis
+from ..bases.gram import GramBasis
+from ..bases.rbf import RBFBasis
+from ..bases.recurrence import ThreeTermRecurrenceBasis
+from ..bases.relu import ReLUBasis
 from .fused import _differentiable_backward
+from .switches import TRITON
 
-__all__ = ["set_triton_enabled", "triton_enabled", "triton_applies", "triton_available", "expand_conv",
-           "stacked_basis", "basis_backward"]
+__all__ = ["triton_applies", "triton_available", "expand_conv", "stacked_basis", "basis_backward"]
 
-_ENABLED = os.environ.get("KAN_ZOO_TRITON", "1") != "0"
 _RELU_FAMILY = 4  # its own kernels (per-channel phases)
 _BLOCK = 1024
 _BLOCK_PARAM_GRADS = 256  # the gram backward keeps a (block, degree) tile of derivatives per program
@@ -53,18 +52,6 @@ def _family(basis: nn.Module) -> Optional[Tuple[int, int]]:
         if isinstance(basis, cls):
             return family, prepare
     return None
-
-
-def set_triton_enabled(enabled: bool = True) -> bool:
-    """Turn the Triton basis kernels on or off for every layer; returns the previous setting."""
-    global _ENABLED
-    previous, _ENABLED = _ENABLED, bool(enabled)
-    return previous
-
-
-def triton_enabled() -> bool:
-    """Whether layers may use the Triton kernels (they still need CUDA, triton and a supported basis)."""
-    return _ENABLED
 
 
 def _interpreting() -> bool:
@@ -88,7 +75,7 @@ def triton_applies(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor,
     global _TRITON_IMPORTABLE
     basis = layer.basis
     family = _family(basis)
-    if not _ENABLED or torch.compiler.is_compiling() or family is None:
+    if not TRITON.enabled or torch.compiler.is_compiling() or family is None:
         return False
     if u.is_cuda:
         if family[0] in _NOT_YET_ON_DEVICE and os.environ.get("KAN_ZOO_TRITON") != "all":
@@ -293,7 +280,7 @@ def _expand_and_convolve(layer: nn.Module, x: Optional[torch.Tensor], u: torch.T
 
 class TritonExpandConvFunction(torch.autograd.Function):
     """y = conv(stacked basis of (x, u), weight) with the basis by the Triton kernels; like
-    kan_zoo.layers.fused.ExpandConvFunction (same inputs, whose double backward it shares), it keeps its
+    kan_zoo.layers.kernels.fused.ExpandConvFunction (same inputs, whose double backward it shares), it keeps its
     inputs and (unless memory-efficient) the stack.
     x is the base branch's input: None (no base in the stack), u itself, or another tensor (rbf)."""
 

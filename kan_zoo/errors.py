@@ -1,4 +1,7 @@
-"""Errors raised by kan_zoo.hub; each message names the file (and repo) it is about."""
+"""The errors kan_zoo raises about checkpoints and the Hub; each message names the file (and repo) it is about.
+
+kan_zoo.hub exports them. They live apart from it so that the models and converters that raise them while
+loading pretrained weights do not import the hub, which imports the models."""
 from __future__ import annotations
 
 from pathlib import Path

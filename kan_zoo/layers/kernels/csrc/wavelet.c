@@ -1,8 +1,8 @@
-/* The wavelet node's chunk work (kan_zoo.layers.fused_wavelet) for the wavelets with a closed form here,
+/* The wavelet node's chunk work (kan_zoo.layers.kernels.fused_wavelet) for the wavelets with a closed form here,
    one pass over the chunk: psi(z) with z = x inv_scale + shift for every (output o, input j) pair of the
    chunk, and in backward also dL/dz = dL/dpsi psi'(z) reduced as the node needs it. The same operations,
    in the same order, as the eager chunk functions of kan_zoo.layers.bases.wavelet (exp_<suffix> from
-   vector_math.h). Loaded by kan_zoo.layers.native_kernels (ctypes); the caller checks shapes, strides and
+   vector_math.h). Loaded by kan_zoo.layers.kernels.native_kernels (ctypes); the caller checks shapes, strides and
    dtypes.
 
    Chunk layout: columns (inputs, positions) with rows col_stride apart (a slice of the node's (C, N * spatial)

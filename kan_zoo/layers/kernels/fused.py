@@ -14,30 +14,21 @@ equal the plain autograd path up to float rounding (tests/layers/test_memory_eff
 
 The layer falls back to plain autograd (or to checkpointing, in memory-efficient mode) where this
 node does not apply: autocast, torch.compile and export tracing, and 'same' padding that is not
-symmetric (compiled CPU graphs can call the node instead: KANConvNd.compile_calls_eager_node).
+symmetric (compiled CPU graphs can call the node instead: KANConvNd.compile_calls_eager_node); which
+path runs when: kan_zoo.layers.kernels. What the node needs of the layer it gets as the layer itself.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 from torch import nn
 
-from .constant_function import constant_weight_grad, split_constant
-from .helpers import WHOLE, batch_chunks, take
+from ..constant_function import constant_weight_grad, split_constant
+from ..helpers import WHOLE, batch_chunks, take
 
-__all__ = ["ExpandConvFunction", "grads_where_needed", "numeric_padding", "swap_parameters", "set_memory_efficient"]
-
-
-def numeric_padding(padding, kernel_size: Sequence[int], dilation: Sequence[int]) -> Optional[Tuple[int, ...]]:
-    """The symmetric per-dimension padding a padding spec means, or None for asymmetric 'same'."""
-    if padding == "valid":
-        return (0,) * len(kernel_size)
-    if padding == "same":
-        total = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
-        return None if any(t % 2 for t in total) else tuple(t // 2 for t in total)
-    return tuple(padding)
+__all__ = ["ExpandConvFunction", "grads_where_needed", "swap_parameters"]
 
 
 @contextlib.contextmanager
@@ -218,19 +209,3 @@ def _expand_backward_by_chunks(basis, t: torch.Tensor, grad_out: torch.Tensor, s
         for name, grad in result[1].items():
             param_grads[name] = param_grads[name] + grad if name in param_grads else grad
     return grad_t, param_grads
-
-
-def set_memory_efficient(model: nn.Module, enabled: bool = True) -> int:
-    """Switch memory-efficient mode on (or off) for every KAN layer in ``model``; returns how many.
-
-    In that mode a layer recomputes its basis in backward instead of storing it, so it keeps about
-    the activations of a plain conv + norm + activation, for roughly one more pass of elementwise work.
-    """
-    from .conv import KANConvNd
-
-    count = 0
-    for module in model.modules():
-        if isinstance(module, KANConvNd):
-            module.memory_efficient = bool(enabled)
-            count += 1
-    return count
