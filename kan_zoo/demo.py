@@ -83,9 +83,9 @@ def train_command(data: Path, out: Path, args: argparse.Namespace) -> List[str]:
     script = ROOT / "train_imagenet.py"
     target = [str(script)] if script.is_file() else ["-m", "kan_zoo.training"]
     return [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(args.processes),
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), *target,
+        sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--multi_gpu",
+        "--num_processes", str(args.processes), "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", str(_free_port()), *target,
         "--cpu", "--dataset", str(data), "--model", args.model, "--img-size", str(args.img_size),
         "--crop-pct", "1.0",
         "--epochs", str(args.epochs), "--batch-size", "32", "--grad-accum", "1", "--workers", "0",

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Prints the README's markdown table of parameters and GMACs of every kan_* classification model.
+"""Prints docs/models.md's markdown table of parameters and GMACs of every kan_* classification model.
 
     python scripts/model_table.py                 # architectures x bases, "params / GMACs" per cell
     python scripts/model_table.py --long          # one row per model

@@ -35,7 +35,15 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def load_layer_case(name: str) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
     """(metadata, tensors without the state, reference state dict) of one layer fixture."""
-    path = FIXTURES / "layers" / f"{name}.safetensors"
+    return _load_case(FIXTURES / "layers" / f"{name}.safetensors")
+
+
+def load_extras_case(name: str) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """The same for one fixture of extras/ (MoE, attention, focal modulation, PEFT)."""
+    return _load_case(FIXTURES / "extras" / f"{name}.safetensors")
+
+
+def _load_case(path: Path) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
     with safe_open(str(path), "pt") as f:
         meta = json.loads(f.metadata()["fixture"])
     tensors = load_file(str(path))

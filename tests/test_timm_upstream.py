@@ -25,7 +25,7 @@ UPSTREAM = Path(
         Path(__file__).resolve().parents[1] / ".upstream" / f"timm-{timm.__version__}" / "tests" / "test_models.py",
     )
 )
-FAMILIES = ("vgg", "resnet", "densenet")
+FAMILIES = ("vgg", "resnet", "densenet", "rdnet")
 
 # Real models on one intra-op thread each (the suite runs on 2 worker processes): see tests/conftest.py.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -90,7 +90,10 @@ def test_upstream_per_family(test_name, model_name):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_upstream_default_cfgs_on_a_full_size_model(family):
     # The structural cfg checks run on the meta device, so a real depth costs nothing.
-    name = {"vgg": "kan_vgg11_gram", "resnet": "kan_resnet18_gram", "densenet": "kan_densenet121_gram"}[family]
+    name = {
+        "vgg": "kan_vgg11_gram", "resnet": "kan_resnet18_gram", "densenet": "kan_densenet121_gram",
+        "rdnet": "kan_rdnet_tiny_gram",
+    }[family]
     _call("test_model_default_cfgs", name)
 
 

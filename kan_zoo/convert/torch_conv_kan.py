@@ -12,7 +12,8 @@ from typing import Dict, List, Mapping, Optional
 
 import torch
 
-__all__ = ["convert_layer_state_dict", "check_state_dict_matches", "detect_reference_family", "REFERENCE_FAMILIES"]
+__all__ = ["convert_layer_state_dict", "convert_block_state_dict", "check_state_dict_matches",
+           "detect_reference_family", "REFERENCE_FAMILIES"]
 
 Tensor = torch.Tensor
 
@@ -36,6 +37,11 @@ _CONSTRUCTOR_BUFFERS = ("basis.grid", "basis.inv_width", "basis.scale")
 def detect_reference_family(keys) -> str:
     """Which torch-conv-kan layer class a set of (prefix-free) state-dict keys comes from."""
     keys = set(keys)
+    if "poly_conv.weight" in keys and "beta_weights" in keys:
+        # KAGNConvNDLayerV2 (kagn_conv_v2.py): with groups > 1 its degree-major basis feeds each group
+        # channels of other inputs and degrees, which no KAN conv computes (docs/moe_attention.md).
+        raise ValueError("torch-conv-kan's KAGNConvNDLayerV2 is not supported: its grouped layout is not "
+                         "a KAN conv")
     if "inner_proj.0.weight" in keys:
         return "bottleneck_kagn"
     if "beta_weights" in keys:
@@ -111,6 +117,43 @@ def convert_layer_state_dict(state: Mapping[str, Tensor], target: Optional[torch
         if key in _CONSTRUCTOR_BUFFERS:
             out[key] = expected[key].clone()
     check_state_dict_matches(out, expected, what=type(target).__name__)
+    return out
+
+
+def convert_block_state_dict(state: Mapping[str, Tensor], target: torch.nn.Module) -> Dict[str, Tensor]:
+    """A reference block's state dict (a module built of torch-conv-kan layers, such as its MoE or
+    self-attention layers) -> the state dict of ``target``, the matching kan_zoo block.
+
+    Every KAN conv inside ``target`` converts the reference keys under its reference path with
+    :func:`convert_layer_state_dict`; the other keys keep their names except for the module paths in
+    ``target.reference_renames`` ({reference path: kan_zoo path}), and those in
+    ``target.reference_dropped`` are left out. The result is checked against ``target`` key for key.
+    """
+    from ..layers import KANConvNd
+
+    renames: Mapping[str, str] = getattr(target, "reference_renames", {})
+    dropped = set(getattr(target, "reference_dropped", ()))
+
+    def rename(path: str, table: Mapping[str, str]) -> str:
+        for old, new in table.items():
+            if path == old or path.startswith(old + "."):
+                return new + path[len(old):]
+        return path
+
+    out: Dict[str, Tensor] = {}
+    converted = set()
+    for path, module in target.named_modules():
+        if not path or not isinstance(module, KANConvNd):
+            continue
+        prefix = rename(path, {new: old for old, new in renames.items()}) + "."
+        layer_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        converted.update(prefix + k for k in layer_state)
+        for key, value in convert_layer_state_dict(layer_state, target=module).items():
+            out[f"{path}.{key}"] = value
+    for key, value in state.items():
+        if key not in converted and key not in dropped:
+            out[rename(key, renames)] = value
+    check_state_dict_matches(out, target.state_dict(), what=type(target).__name__)
     return out
 
 

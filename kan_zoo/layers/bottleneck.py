@@ -14,10 +14,11 @@ from timm.layers import register_notrace_module
 from torch import nn
 
 from .bases import get_basis_class
-from .conv import DEFAULT_NORM, KANConvNd, _IntOrTuple, _uniform
+from .conv import DEFAULT_NORM, KANConv1d, KANConv2d, KANConv3d, KANConvNd, _IntOrTuple, _uniform
 from .helpers import CONV_FNS, NormSpec, check_channels, check_input
 
-__all__ = ["BottleneckKANConvNd", "BottleneckKANConv1d", "BottleneckKANConv2d", "BottleneckKANConv3d", "inner_width"]
+__all__ = ["BottleneckKANConvNd", "BottleneckKANConv1d", "BottleneckKANConv2d", "BottleneckKANConv3d", "inner_width",
+           "kan_conv_class"]
 
 
 def inner_width(in_per_group: int, out_per_group: int, dim_reduction: float, min_inner: int = 16) -> int:
@@ -143,3 +144,10 @@ class BottleneckKANConv2d(BottleneckKANConvNd):
 @register_notrace_module
 class BottleneckKANConv3d(BottleneckKANConvNd):
     ndim = 3
+
+
+def kan_conv_class(ndim: int, bottleneck: bool = False) -> type:
+    """KANConv{ndim}d, or BottleneckKANConv{ndim}d with ``bottleneck``: for blocks built of KAN convs."""
+    classes = ((BottleneckKANConv1d, BottleneckKANConv2d, BottleneckKANConv3d) if bottleneck
+               else (KANConv1d, KANConv2d, KANConv3d))
+    return classes[ndim - 1]

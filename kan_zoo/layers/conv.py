@@ -59,7 +59,7 @@ class KANConvNd(nn.Module):
     """
 
     ndim: ClassVar[int] = 0
-    # Which eager nodes torch.compile calls outside the graph, behind a graph break (README, Speed and memory):
+    # Which eager nodes torch.compile calls outside the graph, behind a graph break (docs/performance.md):
     # None (default): only the wavelet's chunked node, whose plain ops would hold its whole wavelet tensor;
     # True: also the separable bases' fused node on the CPU, faster per layer than inductor's code for the
     # grid bases' plain ops but splitting a model into many graphs (slower where Python overhead dominates);

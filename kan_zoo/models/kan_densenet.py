@@ -34,7 +34,7 @@ bspline, rbf and relu have 8 functions; plain timm DenseNets for scale):
     densenet201   9.1M / 2.78     12.7M / 4.47    1.9M / 0.42     20.0M / 4.29
     ============  ==============  ==============  ==============  ==============
 
-Every variant: ``scripts/model_table.py`` (the README table). The wavelet GMACs leave out its
+Every variant: ``scripts/model_table.py`` (the table in docs/models.md). The wavelet GMACs leave out its
 elementwise wavelet evaluation, which is what it spends its time on.
 
 The network needs inputs of at least ``min_input_size`` = 32 px per side (its total stride); smaller

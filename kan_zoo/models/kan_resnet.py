@@ -38,7 +38,7 @@ functions; plain timm ResNets for scale):
     resnet152     45.2M / 8.92    74.8M / 14.94   6.6M / 1.18     60.2M / 11.51
     ============  ==============  ==============  ==============  ==============
 
-Every variant: ``scripts/model_table.py`` (the README table). The wavelet GMACs leave out its
+Every variant: ``scripts/model_table.py`` (the table in docs/models.md). The wavelet GMACs leave out its
 elementwise wavelet evaluation, which is what it spends its time on.
 
 The network needs inputs of at least ``min_input_size`` = 32 px per side (its total stride); smaller

@@ -12,9 +12,9 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 
@@ -37,11 +37,14 @@ class TrainState:
     global_step: int = 0  # optimizer updates done
     epoch: int = 0  # current epoch (0-based)
     batch_in_epoch: int = 0  # training batches of this epoch consumed
-    skipped_images: int = 0  # unreadable training images so far, all processes
+    skipped_images: int = 0  # unreadable training image files so far, all processes
     model: str = ""
     # what batch_in_epoch counts in: a resume with another layout converts the position
     num_processes: int = 1
     batch_size: int = 0
+    label_names: Optional[List[str]] = None  # the class list trained on: a resume must see the same one
+    bad_train: List[str] = field(default_factory=list)  # keys of the unreadable files named so far
+    bad_val: List[str] = field(default_factory=list)
 
 
 def _ckpt_dir(root: Path) -> Path:
@@ -89,21 +92,27 @@ def resolve_resume(resume: Optional[str], output_dir: Union[str, Path]) -> Optio
 
 
 def save_checkpoint(accelerator: Any, output_dir: Union[str, Path], state: TrainState,
-                    ema: Optional[torch.nn.Module], keep: int, extra_files: Optional[Dict[str, str]] = None) -> Path:
+                    ema: Optional[torch.nn.Module], keep: int, extra_files: Optional[Dict[str, str]] = None,
+                    per_process: Optional[Callable[[Path], None]] = None) -> Path:
     """Collective: every process must call it. Returns the final folder.
 
-    ``extra_files``: {file name: text} written next to the state by the main process (grid state).
+    ``extra_files``: {file name: text} written next to the state by the main process (grid state);
+    ``per_process(folder)``: run by every process, to write its own files (a stream's position).
+    The folder is on storage every process sees (checked at startup with several processes): the
+    main process alone creates, renames and rotates, so that two machines never race on it.
     """
     from safetensors.torch import save_file
 
     root = _ckpt_dir(Path(output_dir))
     final = root / f"step_{state.global_step:09d}"
     tmp = root / f".tmp-step_{state.global_step:09d}"
-    if accelerator.is_local_main_process:
+    if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a kill during an earlier save
         tmp.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    if per_process is not None:
+        per_process(tmp)
     if accelerator.is_main_process:
         if ema is not None:
             # EMA buffers may share storage with nothing else; clone keeps safetensors happy.
@@ -113,19 +122,14 @@ def save_checkpoint(accelerator: Any, output_dir: Union[str, Path], state: Train
             (tmp / name).write_text(text)
         (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
     accelerator.wait_for_everyone()
-    if accelerator.is_local_main_process:
-        # On a shared filesystem one node wins the rename, the others find tmp gone; on node-local
-        # disks each node renames its own copy.
+    if accelerator.is_main_process:
         # Same step saved twice (a step checkpoint on the epoch's last update, then the epoch-end
         # one): move the old one aside rather than delete it, so a kill between the renames still
         # leaves a complete checkpoint (list_checkpoints puts it back).
         old = root / f".old-{final.name}"
-        try:
-            if final.exists():
-                os.replace(final, old)
-            os.replace(tmp, final)
-        except FileNotFoundError:
-            pass
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(root)
         for old in list_checkpoints(output_dir)[:-keep]:

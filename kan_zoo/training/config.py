@@ -21,8 +21,16 @@ def _floats(n: int):
     return dict(type=float, nargs=n, metavar="F")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError instead of printing usage and exiting: the script prints one
+    ``error:`` line (once, under several processes) for bad flags as for any other bad input."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="train_imagenet.py",
         description="Train any timm / kan_zoo image classifier on a Hugging Face dataset with accelerate.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -85,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--grad-checkpointing", action="store_true")
     m.add_argument("--compile", action="store_true", help="torch.compile the model (inductor)")
 
+    t = p.add_argument_group("knowledge distillation (kan_zoo.training.distill)")
+    t.add_argument("--teacher", default=None, metavar="NAME",
+                   help="timm model name of a frozen teacher (kan_* too); its published weights unless "
+                        "--teacher-path gives them. It must predict the data's classes")
+    t.add_argument("--teacher-path", default=None,
+                   help="teacher weights on disk: a folder exported by kan_zoo / timm (its config names the "
+                        "architecture), or a .safetensors / .pth file with --teacher NAME")
+    t.add_argument("--distill-alpha", type=float, default=None,
+                   help="weight of the distillation term: loss = (1 - a) * task + a * KL(teacher || student) "
+                        "* T^2 (default 0.5 with a teacher)")
+    t.add_argument("--distill-temperature", type=float, default=None,
+                   help="softmax temperature T of both models' logits in the distillation term (default 4)")
+
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=200)
     o.add_argument("--batch-size", type=int, default=16, help="per process")
@@ -133,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--reg-l1-weights", type=float, default=0.0, help="weight of mean |basis coefficient| (0 = off)")
     k.add_argument("--reg-act-l1", type=float, default=0.0, help="weight of mean |KAN layer output| (0 = off)")
     k.add_argument("--reg-act-l2", type=float, default=0.0, help="weight of mean KAN layer output^2 (0 = off)")
+    k.add_argument("--moe-aux-weight", type=float, default=1e-2,
+                   help="weight of the load-balancing loss of mixture-of-experts KAN layers "
+                        "(kan_zoo.layers.MoEKANConvNd; the reference's 1e-2), logged as train/reg_moe_aux")
     k.add_argument("--grid-update-every", type=int, default=0,
                    help="refit the grids of bspline/rbf/relu KAN layers to the current batch every N updates "
                         "(0 = off); the EMA restarts from the model's weights after each refit")
@@ -155,10 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--export-weights", default="auto", choices=["auto", "model", "ema"],
                    help="which weights to export; auto takes the better final top-1")
     c.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload the exported model there")
+    c.add_argument("--license", default="mit",
+                   help="licence of the exported weights (a Hub licence id, written to config.json and the model "
+                        "card); mind the dataset's terms, e.g. ImageNet's non-commercial research licence")
     # Test hook: stop abruptly after this many updates, with no final save, like a kill.
     c.add_argument("--crash-after-steps", type=int, default=None, help=argparse.SUPPRESS)
     # Test hook: send ourselves SIGTERM (a preemption notice) after this update.
     c.add_argument("--signal-after-steps", type=int, default=None, help=argparse.SUPPRESS)
+    # Test hook: append each update's training sample ids (image paths) to FILE.<rank> as JSON lines.
+    c.add_argument("--record-samples", default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -168,20 +197,34 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.val_batch_size = 2 * args.batch_size
     for name in ("epochs", "batch_size", "val_batch_size", "grad_accum", "img_size", "keep_checkpoints"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("reg_smoothness", "reg_l1_weights", "reg_act_l1", "reg_act_l2", "grid_update_every",
-                 "grid_grow", "basis_wd_mult"):
+                 "grid_grow", "basis_wd_mult", "moe_aux_weight"):
         if getattr(args, name) < 0:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.basis_lr_mult <= 0:
-        raise SystemExit(f"error: --basis-lr-mult must be > 0, got {args.basis_lr_mult}")
+        raise ConfigError(f"--basis-lr-mult must be > 0, got {args.basis_lr_mult}")
     if args.layer_decay is not None and not 0 < args.layer_decay <= 1:
-        raise SystemExit(f"error: --layer-decay must be in (0, 1], got {args.layer_decay}")
+        raise ConfigError(f"--layer-decay must be in (0, 1], got {args.layer_decay}")
     if not 0 <= args.grid_eps <= 1:
-        raise SystemExit(f"error: --grid-eps must be in [0, 1], got {args.grid_eps}")
+        raise ConfigError(f"--grid-eps must be in [0, 1], got {args.grid_eps}")
     if (args.grid_grow or args.grid_max_size is not None) and not args.grid_update_every:
-        raise SystemExit("error: --grid-grow / --grid-max-size need --grid-update-every N > 0")
+        raise ConfigError("--grid-grow / --grid-max-size need --grid-update-every N > 0")
     if args.mixup > 0 or args.cutmix > 0:
         if args.batch_size % 2:
-            raise SystemExit("error: mixup/cutmix need an even --batch-size")
+            raise ConfigError("mixup/cutmix need an even --batch-size")
+    _check_distillation(args)
     return args
+
+
+def _check_distillation(args: argparse.Namespace) -> None:
+    has_teacher = bool(args.teacher or args.teacher_path)
+    for name, default in (("distill_alpha", 0.5), ("distill_temperature", 4.0)):
+        if getattr(args, name) is None:
+            setattr(args, name, default if has_teacher else 0.0 if name == "distill_alpha" else 1.0)
+        elif not has_teacher:
+            raise ConfigError(f"--{name.replace('_', '-')} needs a teacher (--teacher NAME or --teacher-path)")
+    if not 0 <= args.distill_alpha <= 1:
+        raise ConfigError(f"--distill-alpha must be in [0, 1], got {args.distill_alpha}")
+    if args.distill_temperature <= 0:
+        raise ConfigError(f"--distill-temperature must be > 0, got {args.distill_temperature}")

@@ -1,31 +1,29 @@
-"""Data: Hugging Face datasets in, timm transforms on, unreadable images skipped and counted.
+"""Data: Hugging Face datasets in (Hub, image folder, save_to_disk folder, parquet), checked early.
 
-Every sample's augmentation is seeded from (seed, epoch, index) so that it does not depend on
-worker count, process count, or where a resumed run restarted: that is what makes a killed and
-resumed run end with the same weights as an uninterrupted one.
+Splits, columns and labels are checked before any training: a label column may hold integer class
+ids, a ClassLabel, or class names (strings), which are mapped to ids in sorted order - the same on
+every process and on every resume, since it depends on the training split's label values only.
+Rows become batches in images.py.
 """
 from __future__ import annotations
 
-import io
-import logging
+import difflib
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
-from PIL import Image
+
+from .images import (BadImage, Collate, ImageClassificationDataset, RowSampler, build_transforms, decode_image,
+                     sample_seed)
 
 __all__ = [
-    "DataError", "DataBundle", "load_data", "ImageClassificationDataset", "StreamingImageDataset",
+    "DataError", "DataBundle", "load_data", "ImageClassificationDataset", "RowSampler", "BadImage",
     "Collate", "decode_image", "build_transforms", "sample_seed",
 ]
 
-_log = logging.getLogger(__name__)
 _ONE_CHANNEL_MODES = {"1", "L", "LA", "I", "I;16", "F", "P"}
-_WARN_LIMIT = 10
 
 
 class DataError(ValueError):
@@ -42,6 +40,19 @@ class DataBundle:
     train_len: int
     val_len: Optional[int]
     streaming: bool
+    label_ids: Optional[Dict[str, int]] = None  # class name -> id when the labels are strings
+    label_note: str = ""  # how the classes were found, for the log
+
+
+def _missing_path_hint(dataset: str) -> str:
+    path = Path(dataset).expanduser()
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        siblings = [p.name for p in parent.iterdir()] if parent.is_dir() else []
+    except OSError:
+        siblings = []
+    close = difflib.get_close_matches(path.name, siblings, n=3, cutoff=0.6)
+    return f"; did you mean {[str(parent / c) for c in close]}?" if close else ""
 
 
 def _resolve_format(dataset: str, fmt: str) -> str:
@@ -50,7 +61,7 @@ def _resolve_format(dataset: str, fmt: str) -> str:
         return fmt
     if fmt != "auto":
         if not path.exists():
-            raise DataError(f"dataset path {str(path)!r} does not exist")
+            raise DataError(f"dataset path {str(path)!r} does not exist{_missing_path_hint(dataset)}")
         return fmt
     if path.exists():
         if path.is_file():
@@ -66,8 +77,19 @@ def _resolve_format(dataset: str, fmt: str) -> str:
     looks_like_path = (dataset.startswith((".", "/", "~")) or dataset.count("/") > 1
                        or (os.sep != "/" and os.sep in dataset))
     if looks_like_path or Path(dataset).suffix in (".parquet", ".arrow"):
-        raise DataError(f"dataset path {str(path)!r} does not exist")
+        raise DataError(f"dataset path {str(path)!r} does not exist{_missing_path_hint(dataset)}")
     return "hub"
+
+
+def _hub_unreachable(args: Any, error: Exception) -> DataError:
+    """A Hub id that failed: say first that it is no local path either (a misspelt folder looks like an id)."""
+    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    where = "the Hub cannot be reached while offline (HF_HUB_OFFLINE=1) and it is not in the local cache" \
+        if offline else "not found on the Hugging Face Hub nor in the local cache"
+    hint = _missing_path_hint(args.dataset)
+    return DataError(f"no local path {args.dataset!r} exists (looked in {os.getcwd()}){hint}, "
+                     f"and no Hub dataset of that name could be reached: {where} ({type(error).__name__}: {error})")
 
 
 def _load_splits(args: Any, fmt: str) -> Tuple[Dict[str, Any], List[str]]:
@@ -80,8 +102,7 @@ def _load_splits(args: Any, fmt: str) -> Tuple[Dict[str, Any], List[str]]:
         try:
             names = datasets.get_dataset_split_names(args.dataset, args.dataset_config)
         except Exception as e:  # offline and not cached, private, misspelt...
-            raise DataError(f"could not find dataset {args.dataset!r} on the Hugging Face Hub or in the local "
-                            f"cache ({type(e).__name__}: {e})") from e
+            raise _hub_unreachable(args, e) from e
         _check_splits(args, names)
         try:
             splits = {s: datasets.load_dataset(args.dataset, args.dataset_config, split=s,
@@ -94,8 +115,9 @@ def _load_splits(args: Any, fmt: str) -> Tuple[Dict[str, Any], List[str]]:
         loaded = datasets.load_from_disk(path)
         if isinstance(loaded, datasets.Dataset):
             loaded = datasets.DatasetDict({"train": loaded})
-        if args.streaming:
-            loaded = {k: v.to_iterable_dataset() for k, v in loaded.items()}
+        if args.streaming:  # several shards, so that each process can read its own (split_dataset_by_node)
+            shards = int(os.environ.get("WORLD_SIZE", "1")) * max(1, args.workers)
+            loaded = {k: v.to_iterable_dataset(num_shards=max(1, min(shards, len(v)))) for k, v in loaded.items()}
     else:
         builder_kwargs = dict(data_files=path) if Path(path).is_file() else dict(data_dir=path)
         try:
@@ -120,6 +142,30 @@ def _columns(ds: Any) -> List[str]:
     return list(next(iter(ds)).keys())  # streaming data without declared features: peek
 
 
+def _kind(feature: Any) -> str:
+    """What a column holds, in words (for messages)."""
+    import datasets
+
+    if isinstance(feature, datasets.Image):
+        return "images"
+    if isinstance(feature, datasets.ClassLabel):
+        return f"class labels ({feature.num_classes} names)"
+    if isinstance(feature, dict) and {"bytes", "path"} <= set(feature):
+        return "images (bytes and path)"
+    dtype = getattr(feature, "dtype", None)
+    if dtype in ("string", "large_string"):
+        return "strings"
+    if dtype is not None and ("int" in dtype):
+        return "integers"
+    if dtype is not None:
+        return dtype
+    return type(feature).__name__
+
+
+def _holds_images(feature: Any) -> bool:
+    return _kind(feature).startswith("images")
+
+
 def _check_columns(args: Any, splits: Dict[str, Any]) -> None:
     for split, ds in splits.items():
         cols = _columns(ds)
@@ -127,26 +173,72 @@ def _check_columns(args: Any, splits: Dict[str, Any]) -> None:
             if col not in cols:
                 raise DataError(f"column {col!r} ({flag}) not found in split {split!r} of {args.dataset!r}; "
                                 f"available columns: {cols}")
+        features = ds.features or {}
+        if not features:
+            continue
+        listing = ", ".join(f"{c!r} ({_kind(f)})" for c, f in features.items())
+        label_kind = _kind(features[args.label_column])
+        if _holds_images(features[args.label_column]):
+            raise DataError(f"--label-column {args.label_column!r} holds images, not class labels; the columns of "
+                            f"{args.dataset!r} are {listing}")
+        image_kind = _kind(features[args.image_column])
+        if not _holds_images(features[args.image_column]) and image_kind != "strings":  # strings: file paths
+            raise DataError(f"--image-column {args.image_column!r} holds {image_kind}, not images; the columns "
+                            f"of {args.dataset!r} are {listing}")
+        if not (label_kind.startswith("class labels") or label_kind in ("integers", "strings")):
+            raise DataError(f"--label-column {args.label_column!r} holds {label_kind}; it must hold integer class "
+                            f"ids, class names (strings) or a ClassLabel. The columns of {args.dataset!r} are "
+                            f"{listing}")
 
 
-def _num_classes(args: Any, train: Any) -> Tuple[int, Optional[List[str]]]:
+def _label_values(ds: Any, column: str, streaming: bool) -> List[Any]:
+    if not streaming:
+        return list(ds.unique(column))
+    seen = set()  # a stream has no unique(): read the label column once (the images are not decoded)
+    for row in ds.select_columns([column]):
+        seen.add(row[column])
+    return list(seen)
+
+
+def _labels(args: Any, train: Any, val: Any) -> Tuple[int, Optional[List[str]], Optional[Dict[str, int]], str]:
+    """(num_classes, label names, {name: id} for string labels, a line for the log)."""
     import datasets
 
-    feature = (train.features or {}).get(args.label_column)
+    col = args.label_column
+    feature = (train.features or {}).get(col)
     if isinstance(feature, datasets.ClassLabel):
         if args.num_classes is not None and args.num_classes != feature.num_classes:
-            raise DataError(f"--num-classes {args.num_classes} but the label column {args.label_column!r} has "
+            raise DataError(f"--num-classes {args.num_classes} but the label column {col!r} has "
                             f"{feature.num_classes} classes")
-        return feature.num_classes, list(feature.names)
-    if args.num_classes is not None:
-        return args.num_classes, None
-    if args.streaming:
-        raise DataError(f"label column {args.label_column!r} is not a ClassLabel; pass --num-classes with --streaming")
-    labels = train.unique(args.label_column)
-    if not all(isinstance(v, (int, np.integer)) for v in labels):
-        raise DataError(f"label column {args.label_column!r} must hold integer class ids (or be a ClassLabel), "
-                        f"found e.g. {labels[:3]!r}")
-    return int(max(labels)) + 1, None
+        note = f"{feature.num_classes} classes found in label column {col!r} (a ClassLabel)"
+        return feature.num_classes, list(feature.names), None, note
+    if args.num_classes is not None and _kind(feature) == "integers":
+        return args.num_classes, None, None, f"{args.num_classes} classes (--num-classes)"
+    if args.streaming and _kind(feature) == "integers":
+        raise DataError(f"label column {col!r} holds integers but no class count; pass --num-classes with "
+                        f"--streaming")
+    values = _label_values(train, col, args.streaming)
+    if any(v is None for v in values):
+        raise DataError(f"label column {col!r} of split {args.train_split!r} has rows without a label")
+    if all(isinstance(v, str) for v in values):
+        names = sorted(values)  # sorted: the same ids on every process and on every resume
+        if args.num_classes is not None and args.num_classes != len(names):
+            raise DataError(f"--num-classes {args.num_classes} but the label column {col!r} holds {len(names)} "
+                            f"class names")
+        unknown = sorted(set(_label_values(val, col, args.streaming)) - set(names), key=str)
+        if unknown:
+            raise DataError(f"split {args.val_split!r} has labels that split {args.train_split!r} never uses: "
+                            f"{unknown[:10]}")
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        return len(names), names, {n: i for i, n in enumerate(names)}, \
+            f"{len(names)} classes found in label column {col!r} (names, ids in sorted order: {shown})"
+    if not all(isinstance(v, (int, np.integer)) for v in values):
+        raise DataError(f"label column {col!r} must hold integer class ids or class names (strings), found e.g. "
+                        f"{values[:3]!r}")
+    if min(values) < 0:
+        raise DataError(f"label column {col!r} holds negative class ids (e.g. {min(values)})")
+    n = int(max(values)) + 1
+    return n, None, None, f"{n} classes (largest class id in {col!r} + 1)"
 
 
 def _guess_in_chans(args: Any, train: Any) -> int:
@@ -177,7 +269,7 @@ def load_data(args: Any) -> DataBundle:
     # Decode ourselves, so that a corrupt image is a skipped sample rather than an exception.
     splits = {k: v.cast_column(args.image_column, datasets.Image(decode=False)) for k, v in splits.items()}
     train, val = splits[args.train_split], splits[args.val_split]
-    num_classes, label_names = _num_classes(args, train)
+    num_classes, label_names, label_ids, note = _labels(args, train, val)
     in_chans = _guess_in_chans(args, train)
     if args.streaming:
         train_len = args.train_samples or _split_size(train, args.train_split)
@@ -188,7 +280,8 @@ def load_data(args: Any) -> DataBundle:
         train_len, val_len = len(train), len(val)
         if train_len == 0:
             raise DataError(f"split {args.train_split!r} of {args.dataset!r} is empty")
-    return DataBundle(train, val, num_classes, in_chans, label_names, train_len, val_len, args.streaming)
+    return DataBundle(train, val, num_classes, in_chans, label_names, train_len, val_len, args.streaming,
+                      label_ids, note)
 
 
 def _split_size(ds: Any, split: str) -> Optional[int]:
@@ -196,146 +289,3 @@ def _split_size(ds: Any, split: str) -> Optional[int]:
     splits = getattr(info, "splits", None) or {}
     entry = splits.get(split) if hasattr(splits, "get") else None
     return getattr(entry, "num_examples", None) or None
-
-
-def decode_image(value: Any, mode: Optional[str]) -> Image.Image:
-    """Open one image cell (bytes/path dict, path, bytes or PIL image) fully, converted to ``mode``."""
-    if isinstance(value, Image.Image):
-        img = value
-    else:
-        if isinstance(value, dict):
-            data, path = value.get("bytes"), value.get("path")
-        elif isinstance(value, (bytes, bytearray)):
-            data, path = value, None
-        else:
-            data, path = None, value
-        if data is None:
-            if not path:
-                raise ValueError("image cell holds neither bytes nor a path")
-            try:
-                from datasets.utils.file_utils import xopen  # also reads hf:// and other remote paths
-            except ImportError:  # pragma: no cover
-                xopen = open
-            with xopen(path, "rb") as f:
-                data = f.read()
-        img = Image.open(io.BytesIO(data))
-    img.load()  # force the full decode here, where failures are caught
-    return img.convert(mode) if mode and img.mode != mode else img
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 32-bit seed that depends only on (seed, epoch, index)."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
-
-
-def _seed_all(s: int) -> None:
-    random.seed(s)
-    np.random.seed(s)
-    torch.manual_seed(s)
-
-
-class _Sampler:
-    """Shared decode-and-transform of one row; returns (tensor or None, label)."""
-
-    def __init__(self, image_column: str, label_column: str, transform: Callable, mode: str, seed: int):
-        self.image_column, self.label_column = image_column, label_column
-        self.transform, self.mode, self.seed = transform, mode, seed
-        self.epoch = 0
-        self._warned = 0
-
-    def process(self, row: Dict[str, Any], index: int) -> Tuple[Optional[torch.Tensor], int]:
-        _seed_all(sample_seed(self.seed, self.epoch, index))
-        label = int(row[self.label_column])
-        try:
-            return self.transform(decode_image(row[self.image_column], self.mode)), label
-        except Exception as e:  # unreadable/corrupt: skipped and counted by the collate
-            if self._warned < _WARN_LIMIT:
-                self._warned += 1
-                cell = row[self.image_column]
-                where = cell.get("path") if isinstance(cell, dict) else None
-                _log.warning("skipping unreadable image #%d %s: %s: %s", index, where or "", type(e).__name__, e)
-            return None, label
-
-
-class ImageClassificationDataset(torch.utils.data.Dataset):
-    """Map-style view of a datasets.Dataset giving (image tensor or None, label)."""
-
-    def __init__(self, hf: Any, image_column: str, label_column: str, transform: Callable, mode: str, seed: int):
-        self.hf = hf
-        self.sampler = _Sampler(image_column, label_column, transform, mode, seed)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.epoch = epoch  # picked up by workers: they are re-created every epoch
-
-    def __len__(self) -> int:
-        return len(self.hf)
-
-    def __getitem__(self, index: int) -> Tuple[Optional[torch.Tensor], int]:
-        return self.sampler.process(self.hf[index], index)
-
-
-class StreamingImageDataset(torch.utils.data.IterableDataset):
-    """Iterable view of a (node-split) datasets.IterableDataset; datasets itself shards over workers."""
-
-    def __init__(self, hf: Any, image_column: str, label_column: str, transform: Callable, mode: str, seed: int):
-        self.hf = hf
-        self.sampler = _Sampler(image_column, label_column, transform, mode, seed)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.epoch = epoch
-        if hasattr(self.hf, "set_epoch"):
-            self.hf.set_epoch(epoch)  # reshuffles the stream deterministically
-
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        offset, stride = (info.id, info.num_workers) if info else (0, 1)
-        for k, row in enumerate(self.hf):
-            yield self.sampler.process(row, offset + k * stride)
-
-
-class Collate:
-    """Batches (tensor or None, label) pairs; counts unreadable samples.
-
-    Training (``drop_bad``): unreadable samples are dropped; an all-bad batch becomes a pair of
-    zero images with ``valid`` 0 so every process still runs its forward/backward (DDP would hang
-    otherwise). Evaluation: bad samples become zero images with ``valid`` False so that batch sizes,
-    and hence gather_for_metrics' de-duplication, stay right.
-    """
-
-    def __init__(self, sample_shape: Tuple[int, int, int], drop_bad: bool, even: bool = False):
-        self.sample_shape, self.drop_bad, self.even = sample_shape, drop_bad, even
-
-    def __call__(self, batch: List[Tuple[Optional[torch.Tensor], int]]) -> Dict[str, torch.Tensor]:
-        n_bad = sum(x is None for x, _ in batch)
-        if self.drop_bad:
-            good = [(x, y) for x, y in batch if x is not None]
-            if self.even and len(good) % 2:
-                good = good[:-1]  # mixup/cutmix pair samples up
-            if not good:
-                zeros = torch.zeros(2, *self.sample_shape)
-                return dict(image=zeros, label=torch.zeros(2, dtype=torch.long),
-                            valid=torch.zeros(2, dtype=torch.bool), n_bad=torch.tensor(n_bad))
-            xs, ys = zip(*good)
-            return dict(image=torch.stack(xs), label=torch.tensor(ys, dtype=torch.long),
-                        valid=torch.ones(len(xs), dtype=torch.bool), n_bad=torch.tensor(n_bad))
-        zeros = torch.zeros(*self.sample_shape)
-        return dict(image=torch.stack([zeros if x is None else x for x, _ in batch]),
-                    label=torch.tensor([y for _, y in batch], dtype=torch.long),
-                    valid=torch.tensor([x is not None for x, _ in batch]), n_bad=torch.tensor(n_bad))
-
-
-def build_transforms(args: Any, model: torch.nn.Module, in_chans: int) -> Tuple[Callable, Callable, Dict[str, Any]]:
-    """timm train/eval transforms and the resolved data config (saved with the exported model)."""
-    from timm.data import create_transform, resolve_data_config
-
-    cfg = resolve_data_config(dict(img_size=args.img_size, in_chans=in_chans, mean=args.mean, std=args.std,
-                                   crop_pct=args.crop_pct, interpolation=args.interpolation), model=model)
-    for key in ("mean", "std"):  # e.g. ImageNet RGB stats on a grayscale dataset: average them
-        if len(cfg[key]) != in_chans:
-            cfg[key] = tuple([float(np.mean(cfg[key]))] * in_chans)
-    common = dict(input_size=cfg["input_size"], interpolation=cfg["interpolation"], mean=cfg["mean"], std=cfg["std"])
-    train_tf = create_transform(
-        **common, is_training=True, scale=tuple(args.scale), ratio=tuple(args.ratio), hflip=args.hflip,
-        color_jitter=args.color_jitter or None, auto_augment=args.auto_augment, re_prob=args.reprob)
-    eval_tf = create_transform(**common, is_training=False, crop_pct=cfg["crop_pct"])
-    return train_tf, eval_tf, cfg

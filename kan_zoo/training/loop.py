@@ -8,16 +8,22 @@ import random
 import signal
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..layers import moe_aux_loss
+from .bad_images import UnreadableImages
 from .checkpoint import TrainState, save_checkpoint
-from .data import sample_seed
+from .distill import distillation_loss
+from .images import sample_seed
+from .losses import assemble_loss
 
-__all__ = ["SimulatedKill", "Preempted", "StopSignal", "LoopContext", "train_one_epoch", "evaluate"]
+__all__ = ["SimulatedKill", "Preempted", "StopSignal", "LoopContext", "train_one_epoch", "evaluate", "checkpoint",
+           "sync_unreadable", "broadcast_buffers"]
 
 
 class SimulatedKill(BaseException):
@@ -73,11 +79,21 @@ class LoopContext:
     batches_per_epoch: int
     stop: StopSignal = field(default_factory=StopSignal)
     # Running sums stay on the device: reading them every batch would stall a GPU pipeline.
-    local_bad: Any = 0  # unreadable images seen by this process since the last reduce
-    window: Dict[str, Any] = field(default_factory=lambda: {"loss": 0.0, "n": 0})
+    window: Dict[str, Any] = field(default_factory=lambda: {"n": 0})  # summed loss terms since the last log
     regs: Optional[Any] = None  # kan_zoo.regularizers.RegularizerSet, attached to the unwrapped model
     grid: Optional[Any] = None  # aids.GridRefresher
     frozen_norms: List[torch.nn.Module] = field(default_factory=list)  # --freeze-backbone: kept in eval
+    teacher: Optional[torch.nn.Module] = None  # distill.Teacher (--teacher / --teacher-path)
+    bad_train: Optional[UnreadableImages] = None
+    bad_val: Optional[UnreadableImages] = None
+    stream: Optional[Any] = None  # streaming.StreamingTrainLoader: its position goes into checkpoints
+
+    def __post_init__(self) -> None:
+        report = Path(self.args.output) / "unreadable_images.txt"
+        if self.bad_train is None:
+            self.bad_train = UnreadableImages(self.args.train_split, "training", self.state.bad_train, report)
+        if self.bad_val is None:
+            self.bad_val = UnreadableImages(self.args.val_split, "validation", self.state.bad_val, report)
 
 
 def _seed_batch(seed: int, epoch: int, batch: int, rank: int) -> None:
@@ -89,22 +105,76 @@ def _seed_batch(seed: int, epoch: int, batch: int, rank: int) -> None:
     torch.manual_seed(s)
 
 
-def sync_bad_count(ctx: LoopContext) -> None:
-    """Collective: folds every process's unreadable-image count into the run state."""
-    acc = ctx.accelerator
-    total = acc.reduce(torch.as_tensor(ctx.local_bad, device=acc.device).reshape(()).long(), reduction="sum")
-    ctx.state.skipped_images += int(total.item())
-    ctx.local_bad = 0
+def sync_unreadable(ctx: LoopContext) -> None:
+    """Collective: names the training files found unreadable since the last call; into the run state."""
+    ctx.bad_train.sync(ctx.accelerator)
+    ctx.state.bad_train = sorted(ctx.bad_train.known)
+    ctx.state.skipped_images = ctx.bad_train.count
+
+
+def broadcast_buffers(accelerator: Any, module: torch.nn.Module) -> None:
+    """Collective: every process's buffers become the main process's.
+
+    BatchNorm statistics move with each process's own batch; DDP overwrites them with the main
+    process's at the next forward, but an EMA updated in between would average each process's own
+    and drift apart (only the main process's is saved, so a resumed run's EMA metrics would differ).
+    """
+    if accelerator.num_processes == 1:
+        return
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    groups: Dict[Any, List[torch.Tensor]] = {}
+    for b in module.buffers():
+        groups.setdefault((b.dtype, b.device), []).append(b)
+    for bufs in groups.values():
+        flat = _flatten_dense_tensors(bufs)
+        dist.broadcast(flat, src=0)
+        for b, synced in zip(bufs, _unflatten_dense_tensors(flat, bufs)):
+            b.copy_(synced)
 
 
 def checkpoint(ctx: LoopContext) -> None:
-    sync_bad_count(ctx)
+    sync_unreadable(ctx)
     extra = None
     if ctx.grid is not None:  # grid sizes and attributes live outside state_dict()
         from .aids import GRID_STATE_FILE, grid_state
 
         extra = {GRID_STATE_FILE: json.dumps(grid_state(ctx.accelerator.unwrap_model(ctx.model)), indent=1)}
-    save_checkpoint(ctx.accelerator, ctx.args.output, ctx.state, ctx.ema, ctx.args.keep_checkpoints, extra)
+    ctx.state.bad_val = sorted(ctx.bad_val.known)
+    per_process = None
+    if ctx.stream is not None:
+        rank = ctx.accelerator.process_index
+        per_process = lambda folder: ctx.stream.save(folder, rank)  # noqa: E731
+    save_checkpoint(ctx.accelerator, ctx.args.output, ctx.state, ctx.ema, ctx.args.keep_checkpoints, extra,
+                    per_process)
+
+
+def _loss(ctx: LoopContext, out: torch.Tensor, teacher_out: Optional[torch.Tensor], target: torch.Tensor,
+          valid: torch.Tensor, unwrapped: torch.nn.Module):
+    """The step's loss terms (losses.assemble_loss); a placeholder batch (every image unreadable) weighs 0.
+
+    Extra terms are already weighted and logged apart from the task loss, as train/reg_<name>.
+    """
+    args = ctx.args
+    weight = valid.any().to(torch.float32)
+    task = ctx.criterion(out.float(), target) * weight
+    distill = None
+    if teacher_out is not None:
+        distill = distillation_loss(out.float(), teacher_out.float(), args.distill_temperature) * weight
+    extra = {}
+    if ctx.regs is not None:  # always called: it also clears the hooks' activation terms
+        extra = {f"reg_{name}": term for name, term in ctx.regs.losses().items()}
+    moe = moe_aux_loss(unwrapped) if args.moe_aux_weight else None
+    if moe is not None:  # mixture-of-experts load balancing
+        extra["reg_moe_aux"] = args.moe_aux_weight * moe
+    return assemble_loss(task, distill, args.distill_alpha, extra)
+
+
+def _record(path: str, rank: int, state: TrainState, batch: Dict[str, Any]) -> None:
+    entry = {"epoch": state.epoch, "batch": state.batch_in_epoch, "pass": batch.get("pass"), "ids": batch["ids"]}
+    with open(f"{path}.{rank}", "a") as f:
+        f.write(json.dumps(entry) + "\n")
 
 
 def train_one_epoch(ctx: LoopContext, loader: Iterable, progress: Any) -> None:
@@ -116,31 +186,25 @@ def train_one_epoch(ctx: LoopContext, loader: Iterable, progress: Any) -> None:
     for batch in loader:
         _seed_batch(args.seed, state.epoch, state.batch_in_epoch, acc.process_index)
         x, y = batch["image"], batch["label"]
-        ctx.local_bad = ctx.local_bad + batch["n_bad"]
+        ctx.bad_train.add(batch["bad"])
         with acc.accumulate(model):
             target = y
             if ctx.mixup is not None:
                 x, target = ctx.mixup(x, y)
             with acc.autocast():
                 out = model(x)
-            loss = ctx.criterion(out.float(), target)
-            # a placeholder batch (every image unreadable) still runs, with zero weight
-            loss = loss * batch["valid"].any().to(loss.dtype)
-            total = loss
-            if ctx.regs is not None:
-                # always called (it also clears the hooks' activation terms); logged apart from the task loss
-                reg = ctx.regs.losses()
-                for name, term in reg.items():
-                    total = total + term
-                    key = f"reg_{name}"
-                    ctx.window[key] = ctx.window.get(key, 0.0) + term.detach()
+                teacher_out = ctx.teacher(x) if ctx.teacher is not None else None  # sees the mixed input
+            total, terms = _loss(ctx, out, teacher_out, target, batch["valid"], unwrapped)
             acc.backward(total)
             if acc.sync_gradients and args.clip_grad > 0:
                 acc.clip_grad_norm_(model.parameters(), args.clip_grad)
             ctx.optimizer.step()
             ctx.optimizer.zero_grad(set_to_none=True)
         state.batch_in_epoch += 1
-        ctx.window["loss"] = ctx.window["loss"] + loss.detach()
+        if args.record_samples:  # test hook: which samples each batch trained on
+            _record(args.record_samples, acc.process_index, state, batch)
+        for name, term in terms.items():
+            ctx.window[name] = ctx.window.get(name, 0.0) + term
         ctx.window["n"] += 1
         if progress is not None:
             progress.update(1)
@@ -149,6 +213,7 @@ def train_one_epoch(ctx: LoopContext, loader: Iterable, progress: Any) -> None:
         state.global_step += 1
         ctx.scheduler.step_update(num_updates=state.global_step)
         if ctx.ema is not None:
+            broadcast_buffers(acc, unwrapped)  # the same EMA on every process
             ctx.ema.update(unwrapped, step=state.global_step)
         if ctx.grid is not None:  # after the step, on this batch's images (before mixup)
             ctx.grid(unwrapped, ctx.optimizer, ctx.ema, state.global_step, batch["image"])
@@ -177,16 +242,15 @@ def scheduled_lr(optimizer: Any) -> float:
 def _log_train(ctx: LoopContext, progress: Any) -> None:
     n = max(ctx.window["n"], 1)
     lr = scheduled_lr(ctx.optimizer)
-    metrics = {"train/loss": float(ctx.window["loss"]) / n, "train/lr": lr, "train/epoch": ctx.state.epoch}
-    regs = {k: float(v) / n for k, v in ctx.window.items() if k.startswith("reg_")}
-    for k, v in regs.items():
+    terms = {k: float(v) / n for k, v in ctx.window.items() if k != "n"}
+    metrics = {"train/loss": terms.get("loss", 0.0), "train/lr": lr, "train/epoch": ctx.state.epoch}
+    for k, v in terms.items():
         metrics[f"train/{k}"] = v
-    if regs:
-        metrics["train/loss_total"] = metrics["train/loss"] + sum(regs.values())
+    regs = {k: v for k, v in terms.items() if k.startswith("reg_")}
     if ctx.grid is not None:
         metrics["train/grid_refits"] = ctx.grid.refits
     ctx.window.clear()
-    ctx.window.update(loss=0.0, n=0)
+    ctx.window["n"] = 0
     ctx.accelerator.log(metrics, step=ctx.state.global_step)
     if progress is not None:
         extra = {k[4:]: f"{v:.3g}" for k, v in regs.items()}
@@ -195,18 +259,19 @@ def _log_train(ctx: LoopContext, progress: Any) -> None:
 
 @torch.no_grad()
 def evaluate(accelerator: Any, model: torch.nn.Module, loader: Iterable, streaming: bool,
-             desc: str = "eval") -> Dict[str, float]:
-    """Top-1/top-5 over the whole split, each sample counted once across processes.
+             bad: Optional[UnreadableImages] = None) -> Dict[str, float]:
+    """Top-1/top-5 over the whole split, each sample counted once across processes (unreadable
+    images excluded; recorded into ``bad`` when given).
 
     Map-style loaders go through gather_for_metrics, which drops the samples the sampler
     repeated to even out the last batch; streamed shards are disjoint, so their sums are reduced.
     """
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # top1, top5, loss, count
-    bad: Any = 0
     for batch in loader:
         x, y = batch["image"], batch["label"]
-        bad = bad + batch["n_bad"]
+        if bad is not None:
+            bad.add(batch["bad"])
         with accelerator.autocast():
             out = model(x)
         out = out.float()
@@ -220,13 +285,9 @@ def evaluate(accelerator: Any, model: torch.nn.Module, loader: Iterable, streami
         sums += (per_sample * valid[:, None]).sum(0).double()
     if streaming:
         sums = accelerator.reduce(sums, reduction="sum")
-    # Unreadable counts: gather_for_metrics may have seen a repeated bad sample twice; close enough
-    # for a diagnostic, and exact whenever the split divides evenly.
-    bad_total = int(accelerator.reduce(torch.as_tensor(bad, device=accelerator.device).reshape(()).long(),
-                                       reduction="sum").item())
     n = max(float(sums[3]), 1.0)
     return {"top1": 100.0 * float(sums[0]) / n, "top5": 100.0 * float(sums[1]) / n,
-            "loss": float(sums[2]) / n, "count": int(sums[3]), "unreadable": bad_total}
+            "loss": float(sums[2]) / n, "count": int(sums[3])}
 
 
 def lr_warning(total_updates: int, warmup: int) -> Optional[str]:

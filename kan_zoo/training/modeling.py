@@ -27,14 +27,15 @@ def parse_model_kwargs(items: List[str]) -> Dict[str, Any]:
     return out
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, flag: str = "--model") -> None:
     import timm
 
     if timm.is_model(name.split(".")[0]):
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f"; did you mean one of {close}?" if close else ""
-    raise ModelError(f"unknown model {name!r}: not registered in timm (kan_* models need `import kan_zoo`){hint}")
+    what = "unknown model" if flag == "--model" else f"{flag}: unknown model"
+    raise ModelError(f"{what} {name!r}: not registered in timm (kan_* models need `import kan_zoo`){hint}")
 
 
 def create_model(args: Any, num_classes: int, in_chans: int) -> torch.nn.Module:
@@ -79,7 +80,7 @@ def create_model(args: Any, num_classes: int, in_chans: int) -> torch.nn.Module:
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def resolve_pretrained_path(path: str, model_name: str) -> str:
+def resolve_pretrained_path(path: str, model_name: str, flag: str = "--pretrained-path") -> str:
     """--pretrained-file/--pretrained-path to a weights file.
 
     A folder is taken as a kan_zoo / timm export (model.safetensors + config.json, what
@@ -93,16 +94,17 @@ def resolve_pretrained_path(path: str, model_name: str) -> str:
     if os.path.isfile(path):
         return path
     if not os.path.isdir(path):
-        raise ModelError(f"--pretrained-file {path!r} does not exist")
+        raise ModelError(f"{'--pretrained-file' if flag == '--pretrained-path' else flag} {path!r} does not exist")
     found = [os.path.join(path, f) for f in _WEIGHT_FILES if os.path.isfile(os.path.join(path, f))]
     if not found:
-        raise ModelError(f"--pretrained-path {path!r} holds no {' or '.join(_WEIGHT_FILES)}")
+        raise ModelError(f"{flag} {path!r} holds no {' or '.join(_WEIGHT_FILES)}")
     config = os.path.join(path, "config.json")
     if os.path.isfile(config):
         with open(config) as f:
             arch = json.load(f).get("architecture")
-        if arch and arch.split(".")[0] != model_name.split(".")[0]:
-            raise ModelError(f"--pretrained-path {path!r} holds a {arch!r}, not --model {model_name!r}")
+        if arch and model_name and arch.split(".")[0] != model_name.split(".")[0]:
+            what = "--model" if flag == "--pretrained-path" else "--teacher"
+            raise ModelError(f"{flag} {path!r} holds a {arch!r}, not {what} {model_name!r}")
     return found[0]
 
 

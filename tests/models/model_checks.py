@@ -23,7 +23,8 @@ from hub_helpers import build_local_hf_cache, use_local_hf_cache
 __all__ = [
     "create", "images", "assert_grads_finite", "train_losses", "save_weights", "serve_tag_weights",
     "assert_encoder_weights", "check_registry_without_weights", "check_full_model_cfg", "check_forward_backward",
-    "check_grad_checkpointing", "CONTRACT_CHECKS", "fx_trace", "check_segmentation_fx",
+    "check_grad_checkpointing", "check_classifier_reset", "check_fits_a_fixed_batch", "check_rejects_bad_inputs",
+    "CONTRACT_CHECKS", "fx_trace", "check_segmentation_fx",
 ]
 
 
@@ -99,9 +100,11 @@ def check_registry_without_weights(pattern: str, names: Sequence[str], tiny: str
         timm.create_model(tiny, pretrained=True)
 
 
-def check_full_model_cfg(model: nn.Module, first_conv_type: type) -> None:
-    """A full-size model's feature pyramid, head and preprocessing cfg (no weights)."""
-    assert [f["reduction"] for f in model.feature_info] == [2, 4, 8, 16, 32]
+def check_full_model_cfg(
+    model: nn.Module, first_conv_type: type, reductions: Sequence[int] = (2, 4, 8, 16, 32)
+) -> None:
+    """A full-size model's feature pyramid (``reductions``), head and preprocessing cfg (no weights)."""
+    assert [f["reduction"] for f in model.feature_info] == list(reductions)
     assert model.num_features == model.head_hidden_size == model.feature_info[-1]["num_chs"]
     assert model.get_classifier().out_features == 1000
     cfg = model.pretrained_cfg
@@ -123,21 +126,23 @@ def check_forward_backward(name: str, size: int) -> nn.Module:
     return model
 
 
-def check_fits_a_fixed_batch(name: str, size: int) -> None:
+def check_fits_a_fixed_batch(name: str, size: int, lr: float = 1e-2) -> None:
     # The blocks train as wired (no extra activations, zero-init-last): Adam overfits 8 images quickly.
     model = create(name, num_classes=4)
     x, y = images(8, size=size), torch.arange(8) % 4
-    losses = train_losses(model, lambda: nn.functional.cross_entropy(model(x), y), steps=15)
+    losses = train_losses(model, lambda: nn.functional.cross_entropy(model(x), y), steps=15, lr=lr)
     assert losses[-1] < 0.5 * losses[0]
 
 
 def check_features_only(name: str, size: int) -> None:
     x = images(size=size)
+    # The classifier's own taps (each family's tests pin them down); the wrappers must report the same.
+    reductions = [f["reduction"] for f in create(name).feature_info]
     outs = {}
     for cls in ("list", "getter"):
         torch.manual_seed(0)  # same weights for both wrappers
         model = create(name, features_only=True, feature_cls=cls).eval()
-        assert model.feature_info.reduction() == [2, 4, 8, 16, 32]
+        assert model.feature_info.reduction() == reductions
         feats = model(x)
         assert [f.shape[1] for f in feats] == model.feature_info.channels()
         assert [f.shape[-1] for f in feats] == [size // r for r in model.feature_info.reduction()]
@@ -145,7 +150,7 @@ def check_features_only(name: str, size: int) -> None:
     for a, b in zip(outs["list"], outs["getter"]):
         torch.testing.assert_close(a, b)
     model = create(name, features_only=True, out_indices=(1, 3))
-    assert model.feature_info.reduction() == [4, 16]
+    assert model.feature_info.reduction() == [reductions[1], reductions[3]]
 
 
 def check_forward_intermediates_and_prune(name: str, size: int) -> None:
@@ -156,7 +161,7 @@ def check_forward_intermediates_and_prune(name: str, size: int) -> None:
     assert [t.shape[1] for t in inter] == [f["num_chs"] for f in model.feature_info]
     torch.testing.assert_close(inter[-1], final)
     last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
-    assert len(last_two) == 2 and torch.equal(last_two[0], inter[3])
+    assert len(last_two) == 2 and torch.equal(last_two[0], inter[-2])
     early = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
     torch.testing.assert_close(early[0], inter[1])
 
@@ -186,7 +191,11 @@ def check_grad_checkpointing(name: str, size: int) -> nn.Module:
     return model
 
 
-def check_classifier_reset(name: str, size: int) -> None:
+def check_classifier_reset(
+    name: str, size: int, unpooled_head: Callable[[nn.Module, torch.Tensor], torch.Tensor] = lambda model, x: x
+) -> None:
+    """``unpooled_head(model, features)``: what a headless, pool-less model returns (the features
+    themselves, or e.g. RDNet's through its head LayerNorm, which timm keeps)."""
     model = create(name).eval()
     x = images(size=size)
     feats = model.forward_features(x)
@@ -194,7 +203,7 @@ def check_classifier_reset(name: str, size: int) -> None:
     model.reset_classifier(7)
     assert model(x).shape == (2, 7) and model.get_classifier().out_features == 7
     model.reset_classifier(0, "")
-    torch.testing.assert_close(model(x), feats)  # no pool, no classifier: the feature map itself
+    torch.testing.assert_close(model(x), unpooled_head(model, feats))  # no pool, no classifier
     headless = create(name, num_classes=0).eval()
     assert headless(x).shape == (2, headless.num_features) and isinstance(headless.get_classifier(), nn.Identity)
 
@@ -224,13 +233,26 @@ def check_in_chans_dtype_device(name: str, size: int) -> None:
 def check_fx_matches_eager(name: str, size: int) -> None:
     model = create(name).eval()
     x = images(size=size)
-    graph = FeatureGraphNet(model, out_indices=(0, 1, 2, 3, 4))
+    graph = FeatureGraphNet(model, out_indices=tuple(range(len(model.feature_info))))
     for a, b in zip(graph(x), model.forward_intermediates(x, intermediates_only=True)):
         torch.testing.assert_close(a, b)
     whole = GraphExtractNet(model, {model.pretrained_cfg["classifier"]: "logits"})
     torch.testing.assert_close(whole(x), model(x))
     with pytest.raises(ValueError, match=f"at least {size}x{size}"):
         whole(images(size=size // 2))  # the size check survives tracing
+
+
+def check_rejects_bad_inputs(name: str, size: int) -> None:
+    """Inputs below the total stride ``size`` (non-square too), of the wrong channels or rank: clear errors."""
+    model = create(name).eval()
+    with pytest.raises(ValueError, match=rf"at least {size}x{size} .* got {size // 2}x{size + 8}"):
+        model(torch.randn(1, 3, size // 2, size + 8))
+    with pytest.raises(ValueError, match=rf"at least {size}x{size}"):
+        model.forward_intermediates(images(size=size - 1))
+    with pytest.raises(ValueError, match="channels"):
+        model(images(chans=4, size=size))
+    with pytest.raises(ValueError, match="4-D"):
+        model(torch.randn(3, size, size))
 
 
 def fx_trace(model: nn.Module) -> torch.fx.GraphModule:
@@ -302,5 +324,5 @@ def check_segmentation_fx(model: nn.Module, sizes: Sequence[Sequence[int]], modu
 # The checks a family's tiny classifier passes as they are: ``(name, size)`` -> None.
 CONTRACT_CHECKS = (
     check_fits_a_fixed_batch, check_features_only, check_forward_intermediates_and_prune, check_classifier_reset,
-    check_group_matcher, check_in_chans_dtype_device, check_fx_matches_eager,
+    check_group_matcher, check_in_chans_dtype_device, check_fx_matches_eager, check_rejects_bad_inputs,
 )

@@ -78,15 +78,3 @@ def test_drop_rates():
 @pytest.mark.parametrize("check", CONTRACT_CHECKS, ids=lambda check: check.__name__)
 def test_timm_contract_on_the_tiny_model(check):
     check(TINY, SIZE)
-
-
-def test_bad_inputs_raise_clear_errors():
-    model = create(TINY).eval()
-    with pytest.raises(ValueError, match=r"at least 32x32 .* got 28x28"):
-        model(images(size=28))
-    with pytest.raises(ValueError, match=r"at least 32x32"):
-        model.forward_intermediates(images(size=16))
-    with pytest.raises(ValueError, match="channels"):
-        model(images(chans=1))
-    with pytest.raises(ValueError, match="4-D"):
-        model(torch.randn(3, SIZE, SIZE))

@@ -32,9 +32,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _depth(name: str) -> int:
-    """The deepest smp encoder_depth a backbone supports: its levels, less the stride-1 one of VGG."""
-    reductions = timm.create_model(name, features_only=True, device="meta").feature_info.reduction()
-    return min(5, len(reductions) - (reductions[0] == 1))
+    """The deepest smp encoder_depth a backbone supports: its levels, less the stride-1 one of VGG, plus
+    the stride-2 one smp fills with an empty map where the pyramid starts at stride 4 (RDNet)."""
+    with torch.device("meta"):  # not device="meta": the KAN convs would initialise on the CPU first
+        reductions = timm.create_model(name, features_only=True).feature_info.reduction()
+    return min(5, len(reductions) - (reductions[0] == 1) + (reductions[0] == 4))
 
 
 def test_every_family_and_basis_is_covered():
@@ -67,8 +69,9 @@ def test_full_size_backbone_unet_on_meta(name):
         model = smp.Unet(encoder_name=f"tu-{name}", encoder_weights=None, encoder_depth=depth,
                          decoder_channels=(256, 128, 64, 32, 16)[:depth], classes=3)
         info = timm.create_model(name, features_only=True).feature_info
-        vgg_style = info.reduction()[0] == 1
-        assert model.encoder.out_channels == ([] if vgg_style else [3]) + info.channels()[: depth + vgg_style]
+        vgg_style, from_stride_4 = info.reduction()[0] == 1, info.reduction()[0] == 4
+        expected = ([] if vgg_style else [3]) + ([0] if from_stride_4 else [])  # input, empty stride-2 map
+        assert model.encoder.out_channels == expected + info.channels()[: depth + vgg_style - from_stride_4]
         with torch.no_grad():
             assert model.eval()(torch.empty(1, 3, 64, 96)).shape == (1, 3, 64, 96)
 

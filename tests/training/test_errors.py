@@ -17,7 +17,9 @@ def _run(folder, out, *extra):
 
 @pytest.mark.parametrize("extra, error, pattern", [
     (["--dataset", "/no/such/folder"], DataError, r"dataset path '/no/such/folder' does not exist"),
-    (["--dataset", "kan-zoo-tests/no-such-dataset"], DataError, r"could not find dataset 'kan-zoo-tests/no-such"),
+    (["--dataset", "kan-zoo-tests/no-such-dataset"], DataError,
+     r"no local path 'kan-zoo-tests/no-such-dataset' exists .*, and no Hub dataset of that name could be reached: "
+     r"the Hub cannot be reached while offline"),
     (["--label-column", "labels"], DataError,
      r"column 'labels' \(--label-column\) not found .*available columns: \['image', 'label'\]"),
     (["--image-column", "img"], DataError, r"column 'img' \(--image-column\) not found .*available columns"),
