@@ -101,7 +101,7 @@ def test_upstream_default_cfgs_on_a_full_size_model(family):
 # A fixed sample (the same models every run): every family, and within a family every code path that
 # timm's tests could see differently (plain and bottleneck KAN convs, basic and bottleneck blocks, both
 # CKAN variants, KAN and plain-conv simple nets, the 28 px MNIST stacks); each of the nine bases at least
-# once, the deep nets with the cheaper ones. The whole set costs about 80 CPU-seconds.
+# once, the deep nets with the cheaper ones. The whole set costs about 150 CPU-seconds.
 SAMPLE_CLASSIFIERS = {
     "kan_vgg11_gram": "the published ImageNet architecture (kan_vgg11_gram.in1k): plain KAN convs, InstanceNorm",
     "kan_vgg11_bottleneck_gram": "VGG of bottleneck KAN convs (kan_vgg11_bottleneck_gram.in1k), BatchNorm",
@@ -110,9 +110,9 @@ SAMPLE_CLASSIFIERS = {
     "kan_densenet121_bspline": "DenseNet (C-kernel basis)",
     "kan_ckan_wavelet": "CKAN with its KAN head; the non-separable basis",
     "kan_ckan_multiscale_legendre": "multiscale CKAN",
-    "kan_simple4_chebyshev": "4-layer simple net, three taps",
+    "kan_rdnet_tiny_chebyshev": "RDNet: patchify stem, dense blocks of depth-wise and 1x1 KAN convs, LayerNorm head",
+    "kan_simple4_rbf": "4-layer simple net, three taps; rbf normalises its own input",
     "kan_simple8_jacobi": "8-layer simple net, four taps, odd sizes (28 -> 14 -> 7 -> 4)",
-    "kan_simple8_rbf": "rbf with its own input norm",
     "kan_simple4_conv": "the plain-conv baseline twin",
 }
 # The segmentation nets output a map: only the tests that take any output apply (see NOT_RUN_ON_SEGMENTATION).
