@@ -10,10 +10,14 @@ their plain path rather than the fused training kernel), then restore the model'
 
 Why the dynamo-based ONNX exporter (torch.onnx.export(dynamo=True), torch 2.14's default) and opset
 >= 18: it implements opset 18 and newer only (asked for 17 it converts down and may silently keep
-18), and the older TorchScript exporter bakes the example's batch size into some KAN layers'
-shapes, which gives wrong results at another batch size. Wrong graphs are what ``check=True``
-exists to catch: it runs onnxruntime on a batch of a size other than the one traced and compares
-with PyTorch, raising :class:`ExportMismatchError` beyond ``rtol``.
+18). Wrong graphs are what ``check=True`` exists to catch: it runs onnxruntime on a batch of a size
+other than the one traced and compares with PyTorch, raising :class:`ExportMismatchError` beyond ``rtol``.
+
+The legacy TorchScript-based exporter, ``torch.onnx.export(model.eval(), (x,), f, dynamo=False,
+opset_version=..., dynamic_axes=...)``, works too and reaches opsets below 18: under ``torch.jit.trace``
+the KAN layers run their plain ops (no fused node or C kernel, which a trace cannot record), and no
+KAN layer fixes the batch size. It does fix the segmentation nets' H x W (their padding is computed
+from the traced size). Check such a file with :func:`check_onnx`.
 """
 from __future__ import annotations
 
@@ -138,8 +142,11 @@ def export_onnx(
     if not isinstance(opset, int) or opset < MIN_OPSET:
         raise ValueError(
             f"opset {opset} is not supported: torch {torch.__version__.split('+')[0]}'s ONNX exporter implements "
-            f"opset {MIN_OPSET} and newer (the legacy exporter, which reaches lower opsets, writes graphs that "
-            f"are wrong at other batch sizes for some KAN layers); use opset >= {MIN_OPSET}"
+            f"opset {MIN_OPSET} and newer; use opset >= {MIN_OPSET}, or for an older opset the legacy exporter, "
+            f"torch.onnx.export(model.eval(), (x,), path, dynamo=False, opset_version={opset}, "
+            f"input_names=['input'], output_names=['output'], dynamic_axes={{'input': {{0: 'batch'}}, "
+            f"'output': {{0: 'batch'}}}}), and check the file with "
+            f"kan_zoo.export.check_onnx(model, path)"
         )
     _require_onnx()
     path = Path(path)

@@ -14,13 +14,13 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import huggingface_hub.constants as hf_constants
 import pytest
 
 __all__ = ["build_local_hf_cache", "use_local_hf_cache", "local_hf_cache", "repo_cache_folder", "FakeHfApi",
-           "FakeRepoUrl"]
+           "FakeRepoUrl", "serve_reference_checkpoints"]
 
 
 def repo_cache_folder(cache_dir: str | Path, repo_id: str, repo_type: str = "model") -> Path:
@@ -92,6 +92,22 @@ def use_local_hf_cache(monkeypatch: Any, hf_home: str | Path) -> Path:
     if hasattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY"):
         monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_TELEMETRY", True)
     return hub_cache
+
+
+def serve_reference_checkpoints(monkeypatch: Any, hf_home: str | Path, tags: Iterable[str]) -> dict:
+    """An offline hub cache (``use_local_hf_cache``) holding the published repo of each pretrained tag:
+    the fixture's checkpoint in the reference layout (filled by the fixtures' fill.py) and its config.json.
+    Returns the fixture's forward tensors per tag."""
+    from kan_zoo.models.kan_vgg import PRETRAINED_WEIGHTS
+    from reference_fixtures import PRETRAINED_CASES, checkpoint_repo_files, load_model_case
+
+    cache = use_local_hf_cache(monkeypatch, hf_home)
+    forwards = {}
+    for tag in tags:
+        case = PRETRAINED_CASES[tag]
+        _, forwards[tag], state = load_model_case(case)
+        build_local_hf_cache(cache, PRETRAINED_WEIGHTS[tag]["hf_hub_id"], checkpoint_repo_files(case, state))
+    return forwards
 
 
 class FakeRepoUrl(str):

@@ -13,13 +13,19 @@ from typing import Any, Dict, Tuple
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 
 FIXTURES = Path(
     os.environ.get("KAN_ZOO_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "torch_conv_kan")
 )
 LAYER_CASES = sorted(p.stem for p in (FIXTURES / "layers").glob("*.safetensors"))
 MODEL_CASES = ("vgg_kagn11_v2", "vgg_kagn11_v4", "vgg_kagn_bn11_v4")
+# Published pretrained tag -> the model fixture holding its checkpoint's layout.
+PRETRAINED_CASES = {
+    "kan_vgg11_gram.in1k": "vgg_kagn11_v4",
+    "kan_vgg11_bottleneck_gram.in1k": "vgg_kagn_bn11_v4",
+    "kan_vgg11_slim_gram.in1k": "vgg_kagn11_v2",
+}
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -53,6 +59,11 @@ def load_model_case(name: str) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor],
     fill = _fill_module()
     state = fill.deterministic_state_dict(fill.load_key_specs(FIXTURES / "models" / f"{name}.keys.txt"))
     return config, forward, state
+
+
+def checkpoint_repo_files(case: str, state: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+    """The files of a model fixture's published repo, ``state`` as its ``model.safetensors``."""
+    return {"model.safetensors": save(state), "config.json": FIXTURES / "models" / f"{case}.config.json"}
 
 
 @functools.lru_cache(maxsize=1)

@@ -12,13 +12,16 @@
 
 The family modules keep their own ``forward``: timm's FX tracing wraps the notrace input checks
 only where they are looked up in the module of the traced ``forward`` (or of an already called
-submodule), so ``forward`` and the checks it reaches first must live in the same module.
+submodule), so ``forward`` and the checks it reaches first must live in the same module. The one
+check called from here, ``SegmentationMixin._check``, is wrapped for every FX trace by
+``torch.fx.wrap`` below instead.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.fx
 from timm.layers import create_classifier, get_device_dtype, register_notrace_function
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
@@ -26,6 +29,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..segmentation import check_segmentation_input, create_encoder
+
+# SegmentationMixin._check looks the check up in this module's globals, where timm's autowrapping
+# (which patches the traced forward's module) does not reach: without this, FX tracing a U-Net ran
+# the check on a Proxy. Wrapped, it is one graph node that still checks the real input at run time.
+torch.fx.wrap("check_segmentation_input")
 
 __all__ = [
     "kan_conv_args", "check_min_input_size", "check_model_args", "run_stages", "FeatureTapsMixin",

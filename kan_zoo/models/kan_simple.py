@@ -197,8 +197,10 @@ def _cfg(name: str) -> Dict[str, Any]:
     arch = name.split("_")[1]
     reduction = 4 if arch == "simple4" else 8
     first = "stages.0.0.conv" if name.endswith(f"_{PLAIN}") else "stages.0.0"
+    # A padded stride-2 3x3 conv rounds odd sizes up (28 -> 14 -> 7 -> 4), so the map is ceil(28 / reduction).
+    pool = -(-28 // reduction)
     # MNIST statistics; CIFAR users override mean/std (and in_chans / num_classes).
-    return kan_cfg(num_classes=10, input_size=(1, 28, 28), pool_size=(28 // reduction, 28 // reduction),
+    return kan_cfg(num_classes=10, input_size=(1, 28, 28), pool_size=(pool, pool),
                    crop_pct=1.0, mean=(0.1307,), std=(0.3081,), first_conv=first, classifier="head.fc")
 
 

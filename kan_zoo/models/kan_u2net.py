@@ -68,8 +68,10 @@ NUM_STAGES = 11  # 6 encoder stages (strides 1..32), 5 decoder stages (strides 1
 TOTAL_STRIDE = 32  # 5 pools across the stages, and 5 inside the first RSU-7
 
 
-def _upsample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+def _upsample(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize of (N, C, h, w) to ``size``. Called even where the size already matches (bilinear
+    at scale 1 returns its input exactly), so that no Python comparison of shapes stops FX tracing."""
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class KANRSU(nn.Module):
@@ -119,7 +121,7 @@ class KANRSU(nn.Module):
         for i, conv in enumerate(self.decoder):
             skip = levels[-2 - i]
             if self.pooled and i > 0:  # the first decoder level shares the top level's stride
-                h = _upsample(h, skip)
+                h = _upsample(h, skip.shape[-2:])
             h = conv(torch.cat([h, skip], dim=1))
         return h + x_in
 
@@ -132,14 +134,9 @@ class KANU2NetHead(nn.Module):
         self.sides = nn.ModuleList(nn.Conv2d(c, num_classes, 3, padding=1, **dd) for c in in_channels)
         self.fuse = nn.Conv2d(len(in_channels) * num_classes, num_classes, 1, **dd)
 
-    def forward(self, features: Sequence[torch.Tensor], size: Tuple[int, int]) -> Tuple[torch.Tensor, ...]:
+    def forward(self, features: Sequence[torch.Tensor], size: Sequence[int]) -> Tuple[torch.Tensor, ...]:
         """Features finest first -> (fused, side_1, ..., side_n), all upsampled to ``size``."""
-        sides = []
-        for side, f in zip(self.sides, features):
-            s = side(f)
-            if s.shape[-2:] != size:
-                s = F.interpolate(s, size=size, mode="bilinear", align_corners=False)
-            sides.append(s)
+        sides = [_upsample(side(f), size) for side, f in zip(self.sides, features)]
         return (self.fuse(torch.cat(sides, dim=1)), *sides)
 
 
@@ -236,30 +233,33 @@ class KANU2Net(SegmentationMixin, nn.Module):
         skips = self.encoder(x)
         x, features = skips[-1], [skips[-1]]
         for stage, skip in zip(self.decoder, skips[-2::-1]):
-            x = torch.cat([_upsample(x, skip), skip], dim=1)
+            x = torch.cat([_upsample(x, skip.shape[-2:]), skip], dim=1)
             x = checkpoint(stage, x, use_reentrant=False) if self.grad_checkpointing else stage(x)
             features.append(x)
         return features[::-1]
 
-    def forward_all(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        """(fused, side_1, ..., side_n) logits maps, each (N, num_classes, H, W), in any mode."""
-        self._check(x)
-        size = (x.shape[-2], x.shape[-1])
+    def _uncropped_maps(self, x: torch.Tensor) -> Tuple[Tuple[torch.Tensor, ...], torch.Size]:
+        """(the output maps at the padded size, the input's H x W to crop them to)."""
+        size = self._check(x).shape[-2:]  # shapes stay symbolic (no ints, no comparisons) for FX tracing
         x = pad_to_multiple(x, self.pad_multiple)
         features = self._side_features(x)
         if self.head is None:  # features of the finest decoder stage, at the input's resolution
-            finest = features[0]
-            if finest.shape[-2:] != x.shape[-2:]:
-                finest = _upsample(finest, x)
-            return (crop_to(finest, size),)
-        return tuple(crop_to(m, size) for m in self.head(features, (x.shape[-2], x.shape[-1])))
+            return (_upsample(features[0], x.shape[-2:]),), size
+        return self.head(features, x.shape[-2:]), size
+
+    def forward_all(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """(fused, side_1, ..., side_n) logits maps, each (N, num_classes, H, W), in any mode."""
+        maps, size = self._uncropped_maps(x)
+        return tuple(crop_to(m, size) for m in maps)
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
         """Eval: the fused logits map. Train: (fused, side_1, ..., side_n). See the module docstring."""
-        outputs = self.forward_all(x)
         if self.training and self.head is not None:
-            return outputs
-        return outputs[0]
+            return self.forward_all(x)
+        # Only the returned map is cropped: a traced graph then ends in its output (timm's FX helpers
+        # take the last node for it) and holds no unused crops of the side maps.
+        maps, size = self._uncropped_maps(x)
+        return crop_to(maps[0], size)
 
 
 # --- registry -----------------------------------------------------------------------------------

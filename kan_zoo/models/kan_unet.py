@@ -161,7 +161,7 @@ class KANUNet(SegmentationMixin, nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last decoder level's features, (N, num_features, H, W) for an (N, C, H, W) input."""
-        size = tuple(self._check(x).shape[-2:])
+        size = self._check(x).shape[-2:]  # kept symbolic (no tuple(), no ints), so that FX can trace it
         features = self.encoder(pad_to_multiple(x, self.pad_multiple))
         x, skips = features[-1], features[:-1][::-1]
         for i, block in enumerate(self.decoder):

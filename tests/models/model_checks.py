@@ -12,7 +12,9 @@ from typing import Callable, Dict, List, Sequence
 import pytest
 import timm
 import torch
-from timm.models import FeatureGraphNet, group_parameters
+import torch.fx
+from timm.layers import create_feature_extractor
+from timm.models import FeatureGraphNet, get_notrace_functions, get_notrace_modules, group_parameters
 from timm.models._features_fx import GraphExtractNet
 from torch import nn
 
@@ -22,7 +24,7 @@ __all__ = [
     "create", "images", "assert_grads_finite", "train_losses", "save_weights", "serve_tag_weights",
     "assert_encoder_weights", "check_registry_without_weights", "check_full_model_cfg", "check_forward_backward",
     "check_grad_checkpointing", "check_classifier_reset", "check_fits_a_fixed_batch", "check_rejects_bad_inputs",
-    "CONTRACT_CHECKS",
+    "CONTRACT_CHECKS", "fx_trace", "check_segmentation_fx",
 ]
 
 
@@ -251,6 +253,72 @@ def check_rejects_bad_inputs(name: str, size: int) -> None:
         model(images(chans=4, size=size))
     with pytest.raises(ValueError, match="4-D"):
         model(torch.randn(3, size, size))
+
+
+def fx_trace(model: nn.Module) -> torch.fx.GraphModule:
+    """torch.fx's symbolic trace with timm's leaf modules (the KAN layers) and notrace functions, as
+    timm's FX feature extraction traces; in the model's current train/eval mode."""
+    leaves = tuple(get_notrace_modules())
+
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, module: nn.Module, name: str) -> bool:
+            return isinstance(module, leaves) or super().is_leaf_module(module, name)
+
+    tracer = Tracer(autowrap_functions=tuple(get_notrace_functions()), param_shapes_constant=True)
+    return torch.fx.GraphModule(model, tracer.trace(model))
+
+
+def _as_tuple(out) -> tuple:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def check_segmentation_fx(model: nn.Module, sizes: Sequence[Sequence[int]], modules: Sequence[str]) -> None:
+    """A segmentation net traced by torch.fx computes what it computes eagerly, and timm's FX feature
+    extraction returns its modules' outputs.
+
+    Traced once per mode, the graph runs at every (H, W) in ``sizes`` to the eager outputs and, in
+    train mode, the eager gradients (the same ops in the same order: equal bit for bit); the input
+    check is a graph node that still rejects a wrong channel count. ``modules``: submodule names whose
+    outputs ``timm.layers.create_feature_extractor`` must return as forward hooks see them.
+    """
+    g = torch.Generator().manual_seed(0)
+    chans = model.in_chans
+    for mode in ("eval", "train"):
+        getattr(model, mode)()
+        graph = fx_trace(model)
+        assert any(n.target.__name__ == "check_segmentation_input" for n in graph.graph.nodes
+                   if n.op == "call_function"), "the input check is not a node of the traced graph"
+        for size in sizes:
+            x = torch.randn(2, chans, *size, generator=g)
+            outputs = {}
+            for name, module in (("eager", model), ("fx", graph)):
+                module.zero_grad()
+                out = _as_tuple(module(x))
+                sum(o.square().mean() for o in out).backward()
+                outputs[name] = [o.detach() for o in out], {n: p.grad.clone() for n, p in module.named_parameters()}
+            (eager_out, eager_grads), (fx_out, fx_grads) = outputs["eager"], outputs["fx"]
+            assert len(fx_out) == len(eager_out) and fx_grads.keys() == eager_grads.keys()
+            for a, b in zip(eager_out, fx_out):
+                torch.testing.assert_close(b, a, rtol=0, atol=0)
+            for name, grad in eager_grads.items():
+                torch.testing.assert_close(fx_grads[name], grad, rtol=0, atol=0, msg=name)
+        with pytest.raises(ValueError, match=f"in_chans={chans}"):
+            graph(torch.randn(2, chans + 1, *sizes[0]))
+
+    model.eval()
+    extractor = create_feature_extractor(model, list(modules))
+    seen = {}
+    hooks = [model.get_submodule(name).register_forward_hook(
+        lambda _m, _i, out, name=name: seen.__setitem__(name, out)) for name in modules]
+    x = torch.randn(1, chans, *sizes[0], generator=g)
+    with torch.no_grad():
+        model(x)
+        features = extractor(x)
+    for hook in hooks:
+        hook.remove()
+    assert list(features) == list(modules)
+    for name in modules:
+        torch.testing.assert_close(features[name], seen[name], rtol=0, atol=0)
 
 
 # The checks a family's tiny classifier passes as they are: ``(name, size)`` -> None.

@@ -12,7 +12,7 @@ from kan_zoo.layers import BASES, KANConv2d
 from kan_zoo.models import kan_u2net
 from kan_zoo.models.kan_u2net import KANRSU
 from kan_zoo.segmentation import deep_supervision_loss, segmentation_loss
-from model_checks import assert_encoder_weights, assert_grads_finite, save_weights, train_losses
+from model_checks import assert_encoder_weights, assert_grads_finite, check_segmentation_fx, save_weights, train_losses
 
 FULL_NAMES = [f"kan_u2net_{b}" for b in BASES]
 SMALL_NAMES = [f"kan_u2net_small_{b}" for b in BASES]
@@ -143,6 +143,14 @@ def test_grad_checkpointing_gives_the_same_gradients(encoder):
     model.set_grad_checkpointing(True)
     for a, b in zip(grads(), plain):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("encoder, num_classes", [(None, 1), ("kan_test_vgg_gram", 2), (None, 0)])
+def test_fx_trace_and_feature_extraction(encoder, num_classes):
+    # Train mode traces the tuple of seven maps, eval mode the fused map, num_classes=0 the features.
+    model = timm.create_model("kan_u2net_tiny_relu", encoder=encoder, num_classes=num_classes)
+    modules = ["encoder.stages.2" if encoder is None else "encoder.features_2", "decoder.0", "decoder.1"]
+    check_segmentation_fx(model, [ODD, (20, 9)], modules + (["head.sides.0", "head.fuse"] if num_classes else []))
 
 
 def test_device_dtype_heads_and_errors():

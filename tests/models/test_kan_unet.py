@@ -10,7 +10,9 @@ import kan_zoo  # noqa: F401  registers kan_* models
 from kan_zoo.layers import BASES, KANConv2d
 from kan_zoo.models import kan_unet
 from kan_zoo.segmentation import segmentation_loss
-from model_checks import assert_encoder_weights, assert_grads_finite, save_weights, serve_tag_weights, train_losses
+from model_checks import (
+    assert_encoder_weights, assert_grads_finite, check_segmentation_fx, save_weights, serve_tag_weights, train_losses,
+)
 
 FULL_NAMES = [f"kan_unet_{b}" for b in BASES]
 TINY_NAMES = [f"kan_unet_tiny_{b}" for b in BASES]
@@ -149,6 +151,14 @@ def test_grad_checkpointing_gives_the_same_gradients(encoder):
     torch.testing.assert_close(ckpt_out, plain_out)
     for a, b in zip(ckpt, plain):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("encoder", [None, "kan_test_resnet_gram"])
+def test_fx_trace_and_feature_extraction(encoder):
+    # Traced once, the graph serves any size: the padding and the crop are computed from the input.
+    model = timm.create_model("kan_unet_tiny_bspline", encoder=encoder, num_classes=2)
+    encoder_stage = "encoder.stages.1" if encoder is None else "encoder.layer2"
+    check_segmentation_fx(model, [ODD, (16, 24)], [encoder_stage, "decoder.0", "decoder.1", "head"])
 
 
 def test_device_dtype_and_head_reset():

@@ -7,21 +7,15 @@ those weights prove the conversion exact.
 from __future__ import annotations
 
 import pytest
-import safetensors.torch
 import timm
 import torch
 
 import kan_zoo  # noqa: F401  registers kan_* models
-from hub_helpers import build_local_hf_cache, use_local_hf_cache
+from hub_helpers import build_local_hf_cache, serve_reference_checkpoints, use_local_hf_cache
 from kan_zoo.hub import CheckpointMismatchError, CorruptCheckpointError, HubFileNotCachedError
 from kan_zoo.models.kan_vgg import PRETRAINED_WEIGHTS
-from reference_fixtures import FIXTURES, load_model_case, relative_error
+from reference_fixtures import PRETRAINED_CASES as CASES, checkpoint_repo_files, load_model_case, relative_error
 
-CASES = {
-    "kan_vgg11_gram.in1k": "vgg_kagn11_v4",
-    "kan_vgg11_bottleneck_gram.in1k": "vgg_kagn_bn11_v4",
-    "kan_vgg11_slim_gram.in1k": "vgg_kagn11_v2",
-}
 BN = "kan_vgg11_bottleneck_gram.in1k"  # the cheapest of the three (7 M parameters, BatchNorm: 32 px works)
 
 
@@ -29,24 +23,11 @@ def _repo(tag: str) -> str:
     return PRETRAINED_WEIGHTS[tag]["hf_hub_id"]
 
 
-def _repo_files(case: str, state) -> dict:
-    return {
-        "model.safetensors": safetensors.torch.save(state),
-        "config.json": FIXTURES / "models" / f"{case}.config.json",
-    }
-
-
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """Offline HF cache with the three repos; yields the fixtures' forward tensors per tag."""
-    forwards = {}
     with pytest.MonkeyPatch.context() as mp:
-        cache = use_local_hf_cache(mp, tmp_path_factory.mktemp("hf_home"))
-        for tag, case in CASES.items():
-            _, forward, state = load_model_case(case)
-            build_local_hf_cache(cache, _repo(tag), _repo_files(case, state))
-            forwards[tag] = forward
-        yield forwards
+        yield serve_reference_checkpoints(mp, tmp_path_factory.mktemp("hf_home"), CASES)
 
 
 @pytest.fixture
@@ -178,7 +159,7 @@ def test_mismatched_keys_are_listed(tmp_path, monkeypatch):
     del state["features.4.inner_proj.0.weight"]
     state["features.4.extra_gate"] = torch.zeros(3)
     state["features.1.weight"] = torch.zeros(3)  # a max pool has no weights
-    build_local_hf_cache(cache, _repo(BN), _repo_files(CASES[BN], state))
+    build_local_hf_cache(cache, _repo(BN), checkpoint_repo_files(CASES[BN], state))
     with pytest.raises(CheckpointMismatchError) as info:
         timm.create_model(BN, pretrained=True)
     message = str(info.value)

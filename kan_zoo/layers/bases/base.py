@@ -16,10 +16,17 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ..kernels import native_kernels
 
-__all__ = ["Basis", "BASES", "register_basis", "get_basis_class", "state_shape"]
+__all__ = ["Basis", "BASES", "register_basis", "get_basis_class", "state_shape", "ones_as"]
 
 # Name -> Basis subclass. Filled by @register_basis as each basis module is imported.
 BASES: Dict[str, Type["Basis"]] = {}
+
+
+def ones_as(t: torch.Tensor) -> torch.Tensor:
+    """Ones shaped like ``t`` (the constant function P_0), as a broadcast view of one number. Under
+    torch.jit.trace (the legacy ONNX exporter's) it stays an expand to t's shape; ones_like became a
+    constant of the traced shape there, which baked the example's batch size into the graph."""
+    return t.new_ones(()).expand_as(t)
 
 
 def register_basis(cls: Type["Basis"]) -> Type["Basis"]:

@@ -6,7 +6,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from .base import Basis, register_basis
+from .base import Basis, ones_as, register_basis
 
 
 @register_basis
@@ -30,8 +30,8 @@ class BernsteinBasis(Basis):
         d = self.degree
         one_minus = 1 - t
         # Powers built by repeated products: no pow() with a zero exponent and its 0 * log(0) gradient.
-        t_pows = [torch.ones_like(t)]
-        u_pows = [torch.ones_like(t)]
+        t_pows = [ones_as(t)]
+        u_pows = [ones_as(t)]
         for _ in range(d):
             t_pows.append(t_pows[-1] * t)
             u_pows.append(u_pows[-1] * one_minus)

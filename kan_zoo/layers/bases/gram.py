@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import Basis, register_basis
+from .base import Basis, ones_as, register_basis
 
 
 @torch.compiler.assume_constant_result  # compiled graphs take the number, not an .item() graph break
@@ -49,7 +49,7 @@ class GramBasis(Basis):
         return torch.tanh(x)
 
     def expand(self, t: torch.Tensor) -> List[torch.Tensor]:
-        polys = [torch.ones_like(t)]
+        polys = [ones_as(t)]
         if self.degree >= 1:
             polys.append(t)
         for i in range(2, self.degree + 1):

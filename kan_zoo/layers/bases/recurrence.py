@@ -12,7 +12,7 @@ from typing import ClassVar, Dict, List, Optional, Tuple
 
 import torch
 
-from .base import Basis
+from .base import Basis, ones_as
 
 Coefficients = List[Tuple[float, float, float]]  # (a_i, g_i, c_i) for i = 1..degree; c_1 is unused
 
@@ -38,7 +38,7 @@ class ThreeTermRecurrenceBasis(Basis):
     def expand(self, t: torch.Tensor) -> List[torch.Tensor]:
         # Out of place so autograd can differentiate it; unit and zero coefficients are skipped so
         # e.g. Chebyshev's 2 t T_{i-1} - T_{i-2} rounds exactly as the reference formula.
-        polys = [torch.ones_like(t)]
+        polys = [ones_as(t)]
         # coefficients() lists P_1's even at degree 0, where the basis is P_0 alone.
         for i, (a, g, c) in enumerate(self.coefficients()[: self.degree], start=1):
             p = t * a if a != 1 else t

@@ -32,8 +32,9 @@ def _meyer(z: torch.Tensor) -> torch.Tensor:
     v = z.abs()
     s = (2 * v - 1).clamp(0, 1)
     nu = s**4 * (35 - 84 * s + 70 * s * s - 20 * s**3)
-    outer = torch.where(v >= 1, torch.zeros_like(v), torch.cos(math.pi / 2 * nu))
-    aux = torch.where(v <= 0.5, torch.ones_like(v), outer)
+    # Scalars, not zeros_like / ones_like: those became constants of the traced shape under torch.jit.trace.
+    outer = torch.where(v >= 1, 0.0, torch.cos(math.pi / 2 * nu))
+    aux = torch.where(v <= 0.5, 1.0, outer)
     return torch.sin(math.pi * v) * aux
 
 

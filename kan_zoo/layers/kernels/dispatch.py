@@ -48,7 +48,7 @@ def expand_conv(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor) ->
 
 def non_separable_branch(layer: nn.Module, t: torch.Tensor) -> torch.Tensor:
     """The basis branch of a non-separable basis (wavelet), whose tensor is C_out / G times t."""
-    if layer.numeric_padding is not None and t.device.type != "meta":
+    if layer.numeric_padding is not None and t.device.type != "meta" and not torch.jit.is_tracing():
         # Chunked, keeps only t (.fused_wavelet). Compiled models call it too, outside the graph: the
         # compiled plain ops ran 3x slower than the eager node and kept the big tensor.
         if not torch.compiler.is_compiling():
@@ -63,9 +63,12 @@ def non_separable_branch(layer: nn.Module, t: torch.Tensor) -> torch.Tensor:
 def _eager_fast_path(u: torch.Tensor) -> bool:
     """Whether the hand-run nodes (fused, fused_wavelet) may run: eagerly only, because the compiler
     and exporters must see the plain ops, meta tensors have nothing to compute, and autocast picks
-    dtypes per op, which the nodes' preallocated tensors would not follow."""
+    dtypes per op, which the nodes' preallocated tensors would not follow. torch.jit.trace (what the
+    legacy ONNX exporter, torch.onnx.export(dynamo=False), runs) records only the ops it sees: the
+    nodes' writes into preallocated tensors and their C kernels would be missing from its graph."""
     return (
         not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
         and u.device.type != "meta"
         and not torch.is_autocast_enabled(u.device.type)
     )

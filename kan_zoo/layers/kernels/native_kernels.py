@@ -54,9 +54,10 @@ _LIBRARIES: Dict[str, Optional[ctypes.CDLL]] = {}
 
 
 def native_kernels_apply(t: torch.Tensor) -> bool:
-    """Whether a kernel may run on ``t``: enabled, a plain (not fake, not traced) float32/float64 CPU tensor."""
+    """Whether a kernel may run on ``t``: enabled, a plain (not fake, not traced) float32/float64 CPU tensor;
+    not under torch.compile or torch.jit.trace, whose graphs cannot hold a call through ctypes."""
     return (NATIVE_KERNELS.enabled and type(t) is torch.Tensor and t.device.type == "cpu" and t.dtype in _SUFFIX
-            and not torch.compiler.is_compiling())
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
 
 
 def kernel(library: str, name: str, dtype: torch.dtype) -> Optional[ctypes._CFuncPtr]:

@@ -75,7 +75,7 @@ def triton_applies(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor,
     global _TRITON_IMPORTABLE
     basis = layer.basis
     family = _family(basis)
-    if not TRITON.enabled or torch.compiler.is_compiling() or family is None:
+    if not TRITON.enabled or torch.compiler.is_compiling() or torch.jit.is_tracing() or family is None:
         return False
     if u.is_cuda:
         if family[0] in _NOT_YET_ON_DEVICE and os.environ.get("KAN_ZOO_TRITON") != "all":
