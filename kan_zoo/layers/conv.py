@@ -124,6 +124,8 @@ class KANConvNd(nn.Module):
             torch.empty(conv_out_channels, self.num_functions * basis_channels // groups, *self.kernel_size)
         )
         self._make_extra_parameters()
+        # An adapter (kan_zoo.peft) adds its own term to the basis convolution; None for a plain layer.
+        self.adapter: Optional[nn.Module] = None
 
         if norm_layer == DEFAULT_NORM:
             norm_layer = self.basis.default_norm
@@ -248,6 +250,12 @@ class KANConvNd(nn.Module):
         if self.compile_calls_eager_node and _calls_eager_node_from_graph(u):
             return _expand_conv_outside_graph(self, x, u)
         mask = self.dropout_mask(u)
+        y = self._expand_conv_masked(x, u, mask)
+        # The adapter's term sees the same input and dropout mask; added after the layer's own convolution,
+        # which stays bit for bit what it is without one.
+        return y if self.adapter is None else y + self.adapter(self, x, u, mask)
+
+    def _expand_conv_masked(self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         params = list(self.basis.parameters())
         needs_grad = torch.is_grad_enabled() and (
             u.requires_grad or self.weight.requires_grad or any(p.requires_grad for p in params)

@@ -22,7 +22,7 @@ from .data import (Collate, DataError, ImageClassificationDataset, StreamingImag
 from .export import cfg_overrides, export_model
 from .loop import (LoopContext, Preempted, SimulatedKill, StopSignal, checkpoint, evaluate, lr_warning,
                    sync_bad_count, train_one_epoch, updates_per_epoch)
-from .modeling import ModelError, create_model
+from .modeling import ModelError, apply_peft, create_model
 from .tracking import CSVTracker, build_trackers
 
 __all__ = ["main", "SimulatedKill", "Preempted", "ConfigError", "DataError", "ModelError", "CheckpointError"]
@@ -202,6 +202,7 @@ def _run(args: Any) -> Dict[str, Any]:
         if not hasattr(model, "set_grad_checkpointing"):
             raise ModelError(f"{args.model!r} does not support --grad-checkpointing")
         model.set_grad_checkpointing(True)
+    peft = apply_peft(model, args)  # before resuming: checkpoints of a PEFT run hold the wrapped model
     frozen_norms = freeze_backbone(model) if args.freeze_backbone else []
     resume_from = resolve_resume(args.resume, out)
     if resume_from is not None:
@@ -285,7 +286,7 @@ def _run(args: Any) -> Dict[str, Any]:
         metrics = _train(ctx, args, acc, data, train_ds, train_loader, val_loader, batches)
     finally:
         ctx.stop.uninstall()
-    result = _export(args, acc, model, ema, metrics, data, data_cfg)
+    result = _export(args, acc, model, ema, metrics, data, data_cfg, merge_peft=peft)
     result["optimizer_groups"] = group_summary(optimizer)
     if grid is not None:
         result["grid_refits"] = grid.refits  # the export's state_dict carries the refitted grids
@@ -349,7 +350,7 @@ def _train(ctx: LoopContext, args: Any, acc: Any, data: Any, train_ds: Any, trai
 
 
 def _export(args: Any, acc: Any, model: Any, ema: Any, metrics: Dict[str, Any], data: Any,
-            data_cfg: Dict[str, Any]) -> Dict[str, Any]:
+            data_cfg: Dict[str, Any], merge_peft: bool = False) -> Dict[str, Any]:
     use_ema = ema is not None and (args.export_weights == "ema" or (
         args.export_weights == "auto" and metrics.get("val_ema/top1", -1) > metrics["val/top1"]))
     prefix = "val_ema" if use_ema else "val"
@@ -365,6 +366,10 @@ def _export(args: Any, acc: Any, model: Any, ema: Any, metrics: Dict[str, Any], 
     acc.wait_for_everyone()
     if acc.is_main_process:
         net = ema.module if use_ema else acc.unwrap_model(model)
+        if merge_peft:  # training is over: the export is the plain model of the higher degree
+            from kan_zoo.peft import merge
+
+            net = merge(net)
         export_model(net, folder, metrics=card_metrics, data_config=data_cfg, label_names=data.label_names)
         (folder / "metrics.json").write_text(json.dumps(export_metrics, indent=1))  # exact values, for tools
         print(f"exported {weights} weights (val top-1 {export_metrics['top1']:.2f}%) to {folder}", flush=True)
