@@ -36,8 +36,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .layers.bases import Basis
 from .layers.bottleneck import BottleneckKANConvNd
-from .layers.conv import KANConvNd
-from .layers.fused import swap_parameters
+from .layers.conv import KANConvNd, _eager_fast_path
+from .layers.fused import grads_where_needed, swap_parameters
 from .layers.helpers import stack_functions
 
 __all__ = ["KANConvAdapter", "wrap_layer", "wrap_model", "merge_layer", "merge", "adapted_layers"]
@@ -124,35 +124,154 @@ class KANConvAdapter(nn.Module):
             out[name] = value
         return out
 
+    # -- the term: one autograd node in eager mode (_AdapterTerm), plain ops where the compiler, exporters or
+    # autocast must see them (the same split as the layer's own fast path)
     def forward(self, layer: KANConvNd, x: Optional[torch.Tensor], u: torch.Tensor,
                 mask: Optional[torch.Tensor]) -> torch.Tensor:
-        if layer.memory_efficient and torch.is_grad_enabled():  # keeps only the inputs, as the layer's own node
-            return checkpoint(self._term, layer, x, u, mask, use_reentrant=False)
-        return self._term(layer, x, u, mask)
-
-    def _term(self, layer: KANConvNd, x: Optional[torch.Tensor], u: torch.Tensor,
-              mask: Optional[torch.Tensor]) -> torch.Tensor:
-        basis = self.basis if self.basis is not None else layer.basis
+        basis = self._basis(layer)
         t = basis.prepare(u)
         if mask is not None:
             t = t * mask
-        with swap_parameters(basis, self.effective_basis_parameters(layer)):
+        x = x if self.train_base else None
+        params = list(self.effective_basis_parameters(layer).values())
+        weight = self._conv_weight(layer)
+        if _eager_fast_path(u) and layer.numeric_padding is not None:
+            return _AdapterTerm.apply(self, layer, not layer.memory_efficient, t, x, weight, *params)
+        if layer.memory_efficient and torch.is_grad_enabled():
+            return checkpoint(self._plain_term, layer, t, x, weight, *params, use_reentrant=False)
+        return self._plain_term(layer, t, x, weight, *params)
+
+    def _basis(self, layer: KANConvNd) -> Basis:
+        return self.basis if self.basis is not None else layer.basis
+
+    def _conv_weight(self, layer: KANConvNd) -> torch.Tensor:
+        """The adapter's kernels, then (frozen) the pretrained kernels of the degrees the basis deltas reach."""
+        if not self.reached_degrees:
+            return self.weight
+        first = int(layer.base_folded)
+        kernels = layer.coefficients()[:, [first + k for k in self.reached_degrees]].detach()
+        return torch.cat([self.weight.unflatten(1, (len(self.blocks), -1)), kernels], 1).flatten(1, 2)
+
+    def _plain_term(self, layer: KANConvNd, t: torch.Tensor, x: Optional[torch.Tensor], weight: torch.Tensor,
+                    *params: torch.Tensor) -> torch.Tensor:
+        basis = self._basis(layer)
+        with swap_parameters(basis, dict(zip(self._shapes, params))):
             functions = basis.expand(t)
         pieces = [layer.basis.base(x)] if self.train_base else []
         pieces += [functions[k] for k in self.blocks if k != "base"]
-        weight = self.weight
         if self.reached_degrees:
             pretrained = layer.basis.expand(t)
             pieces += [functions[k] - pretrained[k] for k in self.reached_degrees]
-            first = int(layer.base_folded)
-            kernels = layer.coefficients()[:, [first + k for k in self.reached_degrees]].detach()
-            weight = torch.cat([weight.unflatten(1, (len(self.blocks), -1)), kernels], 1).flatten(1, 2)
         return layer._conv(stack_functions(pieces, layer.groups), weight, layer.groups)
+
+    @torch.no_grad()
+    def _stacked(self, layer: KANConvNd, t: torch.Tensor, x: Optional[torch.Tensor],
+                 params: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The tensor _plain_term convolves, each function written in place (Basis.expand_into)."""
+        basis, g = self._basis(layer), layer.groups
+        layout = lambda n: (t.shape[0], g, n, t.shape[1] // g) + t.shape[2:]  # noqa: E731
+        functions = t.new_empty(layout(basis.num_functions))
+        with swap_parameters(basis, dict(zip(self._shapes, params))):
+            basis.expand_into(t, functions)
+        out = t.new_empty(layout(len(self.blocks) + len(self.reached_degrees)))
+        first = int(self.train_base)
+        if first:
+            out[:, :, 0].copy_(layer.basis.base(x).unflatten(1, (g, -1)))
+        for j, k in enumerate(self.blocks[first:], start=first):
+            out[:, :, j].copy_(functions[:, :, k])
+        if self.reached_degrees:
+            pretrained = t.new_empty(layout(layer.basis.num_functions))
+            layer.basis.expand_into(t, pretrained)
+            for j, k in enumerate(self.reached_degrees, start=len(self.blocks)):
+                torch.sub(functions[:, :, k], pretrained[:, :, k], out=out[:, :, j])
+        return out.flatten(1, 3)
+
+    def _basis_backward(self, layer: KANConvNd, t: torch.Tensor, x: Optional[torch.Tensor],
+                        params: Sequence[torch.Tensor], grad_stacked: torch.Tensor, need_x: bool):
+        """(dL/dt, dL/dx, [dL/dparams]) from the gradient of the stacked tensor."""
+        basis, g = self._basis(layer), layer.groups
+        grads = grad_stacked.unflatten(1, (g, len(self.blocks) + len(self.reached_degrees), -1))
+        layout = lambda n: (t.shape[0], g, n, t.shape[1] // g) + t.shape[2:]  # noqa: E731
+        grad_functions = t.new_zeros(layout(basis.num_functions))
+        first = int(self.train_base)
+        for j, k in enumerate(self.blocks[first:], start=first):
+            grad_functions[:, :, k] += grads[:, :, j]
+        grad_x = None
+        if first and need_x:
+            with torch.enable_grad():
+                xd = x.detach().requires_grad_(True)
+                base = layer.basis.base(xd)
+                grad_x, = torch.autograd.grad(base, xd, grads[:, :, 0].reshape(base.shape))
+        grad_pretrained = t.new_zeros(layout(layer.basis.num_functions)) if self.reached_degrees else None
+        for j, k in enumerate(self.reached_degrees, start=len(self.blocks)):
+            grad_functions[:, :, k] += grads[:, :, j]
+            grad_pretrained[:, :, k] -= grads[:, :, j]
+        by_name = dict(zip(self._shapes, params))
+        grad_t, param_grads = _expand_backward(basis, t, grad_functions, by_name)
+        if grad_pretrained is not None:
+            grad_t = grad_t + _expand_backward(layer.basis, t, grad_pretrained, {})[0]
+        return grad_t, grad_x, [param_grads.get(name) for name in by_name]
 
     def extra_repr(self) -> str:
         return (f"degree={self.degree}, extra_degrees={self.extra_degrees}, "
                 f"trainable_degrees={self.trainable_degrees}, train_base={self.train_base}")
 
+
+
+def _expand_backward(basis: Basis, t: torch.Tensor, grad_functions: torch.Tensor,
+                     params: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """(dL/dt, {name: dL/dparameter}) through ``basis`` with ``params``: its hand-written adjoint
+    (Basis.expand_backward), or autograd over Basis.expand where it has none."""
+    with torch.no_grad(), swap_parameters(basis, params):
+        result = basis.expand_backward(t, grad_functions)
+    if result is not None:
+        return result
+    with torch.enable_grad():
+        td = t.detach().requires_grad_(True)
+        pd = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+        with swap_parameters(basis, pd):
+            functions = basis.expand(td)
+        outs = [(f, grad_functions[:, :, k].reshape(f.shape)) for k, f in enumerate(functions) if f.requires_grad]
+        found = torch.autograd.grad([f for f, _ in outs], [td, *pd.values()], [g for _, g in outs],
+                                    allow_unused=True) if outs else [None] * (1 + len(pd))
+    grad_t = found[0] if found[0] is not None else torch.zeros_like(t)
+    return grad_t, {n: g for n, g in zip(pd, found[1:]) if g is not None}
+
+
+class _AdapterTerm(torch.autograd.Function):
+    """The adapter's term as one node: functions written in place, the basis adjoint by hand, one
+    convolution_backward. Keeps t and the stacked tensor (memory-efficient layers: t only, rebuilt in backward)."""
+
+    @staticmethod
+    def forward(ctx, adapter, layer, keep, t, x, weight, *params):  # type: ignore[override]
+        stacked = adapter._stacked(layer, t, x, params)
+        ctx.adapter, ctx.layer = adapter, layer
+        ctx.save_for_backward(t, x, weight, stacked if keep else None, *params)
+        return layer._conv(stacked, weight, layer.groups)
+
+    @staticmethod
+    def backward(ctx, grad_y):  # type: ignore[override]
+        t, x, weight, stacked, *params = ctx.saved_tensors
+        adapter, layer = ctx.adapter, ctx.layer
+        if torch.is_grad_enabled():  # create_graph=True: the same term in plain ops, differentiated by autograd
+            y = adapter._plain_term(layer, t, x, weight, *params)
+            inputs = [t, x, weight, *params]
+            grads = grads_where_needed([y], inputs, [grad_y], ctx.needs_input_grad[3:], create_graph=True)
+            return (None, None, None, *grads)
+        need_t, need_x, need_w, *need_p = ctx.needs_input_grad[3:]
+        need_basis = need_t or need_x or any(need_p)
+        if stacked is None:
+            stacked = adapter._stacked(layer, t, x, params)
+        grad_stacked, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad_y, stacked, weight, None, layer.stride, layer.numeric_padding, layer.dilation, False,
+            [0] * layer.ndim, layer.groups, [need_basis, need_w, False])
+        del stacked
+        grad_t = grad_x = None
+        grad_params: list = [None] * len(params)
+        if need_basis:
+            grad_t, grad_x, grad_params = adapter._basis_backward(layer, t, x, params, grad_stacked, need_x)
+        return (None, None, None, grad_t if need_t else None, grad_x, grad_w if need_w else None,
+                *[g if need else None for g, need in zip(grad_params, need_p)])
 
 def _check_layer(name: str, layer: KANConvNd, extra_degrees: int, trainable_degrees: Sequence[int],
                  train_base: bool) -> None:

@@ -148,6 +148,41 @@ def test_gradients_match_finite_differences():
     assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-7, fast_mode=True)
 
 
+@pytest.mark.parametrize("cls", [KANConv2d, BottleneckKANConv2d], ids=["conv", "bottleneck"])
+@pytest.mark.parametrize("basis,extra,trainable", CASES)
+@pytest.mark.parametrize("keep", [True, False], ids=["kept", "rebuilt"])
+def test_adapter_node_equals_its_plain_ops(cls, basis, extra, trainable, keep):
+    """The eager node (functions written in place, hand adjoint; the stacked tensor kept or rebuilt) against the
+    same term in plain autograd ops, float64, groups 2: outputs, first and second derivatives. Same recurrences
+    and one conv of K <= 4 * 2 * 9 products either way: within ~K * D * eps of each other (rtol 1e-10 is wide)."""
+    from kan_zoo.peft import _AdapterTerm
+
+    layer = _wrap(_layer(cls, basis, groups=2, norm_layer=None), extra, trainable)
+    _fill(layer)
+    adapter = layer.adapter
+    g = torch.Generator().manual_seed(3)
+    u = torch.randn(2, layer.basis.channels, 5, 5, generator=g, dtype=torch.float64)
+    t = adapter._basis(layer).prepare(u).requires_grad_(True)
+    x = (torch.randn(2, 4, 5, 5, generator=g, dtype=torch.float64).requires_grad_(True)
+         if adapter.train_base else None)
+    weight = adapter._conv_weight(layer).detach().requires_grad_(True)
+    params = [p.detach().requires_grad_(True) for p in adapter.effective_basis_parameters(layer).values()]
+    inputs = [v for v in (t, x, weight, *params) if v is not None]
+    results = []
+    for node in (True, False):
+        y = (_AdapterTerm.apply(adapter, layer, keep, t, x, weight, *params) if node
+             else adapter._plain_term(layer, t, x, weight, *params))
+        grads = torch.autograd.grad(y.square().sum(), inputs, create_graph=True)
+        second = torch.autograd.grad(sum(gr.square().sum() for gr in grads), inputs, allow_unused=True)
+        results.append((y, grads, second))
+    for a, b in zip(*results):
+        for va, vb in zip([a] if torch.is_tensor(a) else a, [b] if torch.is_tensor(b) else b):
+            if va is None or vb is None:
+                assert va is None and vb is None or (va if vb is None else vb).abs().max() == 0
+                continue
+            torch.testing.assert_close(va, vb, rtol=1e-10, atol=1e-12)
+
+
 # -- merging ------------------------------------------------------------------------------------------------------
 def _merge_bound(merged, x: torch.Tensor) -> torch.Tensor:
     """Elementwise bound on |wrapped - merged| before the norm. Each computes sums of K products of the same
