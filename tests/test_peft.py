@@ -183,6 +183,19 @@ def test_adapter_node_equals_its_plain_ops(cls, basis, extra, trainable, keep):
             torch.testing.assert_close(va, vb, rtol=1e-10, atol=1e-12)
 
 
+def test_wrapped_layer_compiles_to_one_graph_with_eager_values():
+    """torch.compile sees the plain ops (Gram with a beta delta: the parameter swap included), one graph."""
+    layer = _wrap(_layer(KANConv2d, "gram", dtype=torch.float32), 1, (0, 2))
+    _fill(layer)
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    eager = layer(x)
+    eager_grad, = torch.autograd.grad(eager.sum(), layer.adapter.weight)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)(x)
+    compiled_grad, = torch.autograd.grad(compiled.sum(), layer.adapter.weight)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)  # float32, different op order
+    torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-5, atol=1e-5)
+
+
 # -- merging ------------------------------------------------------------------------------------------------------
 def _merge_bound(merged, x: torch.Tensor) -> torch.Tensor:
     """Elementwise bound on |wrapped - merged| before the norm. Each computes sums of K products of the same
