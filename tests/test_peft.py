@@ -109,7 +109,8 @@ def test_only_the_adapters_norms_and_head_get_gradients():
 def test_head_and_norm_policy_flags():
     model = peft.wrap_model(_model(), extra_degrees=1, train_head=False, train_norms=False)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {f"features.{i}.adapter.{t}" for i in (0, 2, 4) for t in ("weight", "basis_deltas.beta_weights")}
+    adapters = ("weight", "basis_deltas.beta_weights")
+    assert trainable == {f"features.{i}.adapter.{t}" for i in (0, 2, 4) for t in adapters}
 
 
 def test_bottleneck_train_base_trains_its_own_base_weight():
@@ -317,7 +318,7 @@ def test_bad_arguments_give_clear_errors():
     with pytest.raises(ValueError, match="bernstein basis, whose degree-3 functions are not among those of degree 4"):
         peft.wrap_model(timm.create_model("kan_test_vgg_bernstein"))
     peft.wrap_model(timm.create_model("kan_test_vgg_bernstein"), extra_degrees=0, trainable_degrees=(0,))
-    with pytest.raises(ValueError, match=r"trainable_degrees \[6\] out of range for KAN conv 'features.0', of degree 5"):
+    with pytest.raises(ValueError, match=r"trainable_degrees \[6\] out of range for KAN conv 'features.0', of degree"):
         peft.wrap_model(_model(), trainable_degrees=(0, 6))
     with pytest.raises(ValueError, match="Sequential has no KAN convs"):
         peft.wrap_model(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()))

@@ -255,7 +255,9 @@ class KANConvNd(nn.Module):
         # which stays bit for bit what it is without one.
         return y if self.adapter is None else y + self.adapter(self, x, u, mask)
 
-    def _expand_conv_masked(self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def _expand_conv_masked(
+        self, x: Optional[torch.Tensor], u: torch.Tensor, mask: Optional[torch.Tensor]
+    ) -> torch.Tensor:
         params = list(self.basis.parameters())
         needs_grad = torch.is_grad_enabled() and (
             u.requires_grad or self.weight.requires_grad or any(p.requires_grad for p in params)
