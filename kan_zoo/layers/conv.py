@@ -122,6 +122,8 @@ class KANConvNd(nn.Module):
             torch.empty(conv_out_channels, self.num_functions * basis_channels // groups, *self.kernel_size)
         )
         self._make_extra_parameters()
+        # An adapter (kan_zoo.peft) adds its own term to the basis convolution; None for a plain layer.
+        self.adapter: Optional[nn.Module] = None
 
         if norm_layer == DEFAULT_NORM:
             norm_layer = self.basis.default_norm

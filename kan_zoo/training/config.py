@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-__all__ = ["ConfigError", "build_parser", "parse_args"]
+__all__ = ["ConfigError", "build_parser", "parse_args", "peft_enabled"]
 
 
 class ConfigError(ValueError):
@@ -105,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "* T^2 (default 0.5 with a teacher)")
     t.add_argument("--distill-temperature", type=float, default=None,
                    help="softmax temperature T of both models' logits in the distillation term (default 4)")
+
+    f = p.add_argument_group("parameter-efficient fine-tuning of pretrained KAN convs (kan_zoo.peft; docs/peft.md)")
+    f.add_argument("--peft-extra-degrees", type=int, default=None, metavar="N",
+                   help="freeze the pretrained weights and train N zero-initialised higher degrees per KAN conv "
+                        "(with the norms and the head); the export is the merged model of degree D + N")
+    f.add_argument("--peft-trainable-degrees", type=int, nargs="+", default=None, metavar="D",
+                   help="also train zero-initialised deltas on these pretrained degrees (alone: no extra degrees)")
+    f.add_argument("--peft-train-base", action="store_true", help="also train a delta on the base branch")
+    f.add_argument("--peft-train-norms", action=argparse.BooleanOptionalAction, default=True,
+                   help="train the norm layers' affine parameters too")
 
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=int, default=200)
@@ -210,6 +220,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         raise ConfigError(f"--grid-eps must be in [0, 1], got {args.grid_eps}")
     if (args.grid_grow or args.grid_max_size is not None) and not args.grid_update_every:
         raise ConfigError("--grid-grow / --grid-max-size need --grid-update-every N > 0")
+    _check_peft(args)
     if args.mixup > 0 or args.cutmix > 0:
         if args.batch_size % 2:
             raise ConfigError("mixup/cutmix need an even --batch-size")
@@ -228,3 +239,21 @@ def _check_distillation(args: argparse.Namespace) -> None:
         raise ConfigError(f"--distill-alpha must be in [0, 1], got {args.distill_alpha}")
     if args.distill_temperature <= 0:
         raise ConfigError(f"--distill-temperature must be > 0, got {args.distill_temperature}")
+
+
+def peft_enabled(args: argparse.Namespace) -> bool:
+    return args.peft_extra_degrees is not None or args.peft_trainable_degrees is not None
+
+
+def _check_peft(args: argparse.Namespace) -> None:
+    if not peft_enabled(args):
+        if args.peft_train_base or not args.peft_train_norms:
+            raise ConfigError("--peft-train-base / --no-peft-train-norms need --peft-extra-degrees or "
+                             "--peft-trainable-degrees")
+        return
+    if args.peft_extra_degrees is not None and args.peft_extra_degrees < 0:
+        raise ConfigError(f"--peft-extra-degrees must be >= 0, got {args.peft_extra_degrees}")
+    if not (args.pretrained or args.pretrained_file):
+        raise ConfigError("--peft-* fine-tunes pretrained weights: pass --pretrained or --pretrained-path")
+    if args.freeze_backbone:
+        raise ConfigError("--freeze-backbone and --peft-* choose the trained parameters differently; pick one")

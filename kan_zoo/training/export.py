@@ -130,8 +130,9 @@ def describing_run(model: torch.nn.Module, cfg: Dict[str, Any]) -> Iterator[torc
 
 
 def export_run(args: Any, acc: Any, model: Any, ema: Any, metrics: Dict[str, Any], data: Any,
-               data_cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """Collective: the better (or chosen) weights into the export folder (and the Hub), by the main process."""
+               data_cfg: Dict[str, Any], merge_peft: bool = False) -> Dict[str, Any]:
+    """Collective: the better (or chosen) weights into the export folder (and the Hub), by the main process;
+    with ``merge_peft`` the PEFT adapters merged into plain KAN convs of the higher degree."""
     use_ema = ema is not None and (args.export_weights == "ema" or (
         args.export_weights == "auto" and metrics.get("val_ema/top1", -1) > metrics["val/top1"]))
     prefix = "val_ema" if use_ema else "val"
@@ -149,6 +150,10 @@ def export_run(args: Any, acc: Any, model: Any, ema: Any, metrics: Dict[str, Any
     acc.wait_for_everyone()
     if acc.is_main_process:
         net = ema.module if use_ema else acc.unwrap_model(model)
+        if merge_peft:  # training is over: the export is the plain model of the higher degree
+            from kan_zoo.peft import merge
+
+            net = merge(net)
         with describing_run(net, run_pretrained_cfg(net, data_cfg, args.license)):
             export_model(net, folder, metrics=card_metrics, data_config=data_cfg, label_names=data.label_names)
             (folder / "metrics.json").write_text(json.dumps(export_metrics, indent=1))  # exact values, for tools

@@ -7,7 +7,7 @@ from typing import Any, Dict, List
 
 import torch
 
-__all__ = ["ModelError", "parse_model_kwargs", "create_model"]
+__all__ = ["ModelError", "parse_model_kwargs", "create_model", "apply_peft"]
 
 
 class ModelError(ValueError):
@@ -75,6 +75,23 @@ def create_model(args: Any, num_classes: int, in_chans: int) -> torch.nn.Module:
         return timm.create_model(args.model, pretrained=True, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except Exception as e:
         raise ModelError(f"could not load pretrained weights for {args.model!r}: {type(e).__name__}: {e}") from e
+
+
+def apply_peft(model: torch.nn.Module, args: Any) -> bool:
+    """Wraps the model's KAN convs for --peft-* (kan_zoo.peft.wrap_model, in place); whether it did."""
+    from kan_zoo import peft
+
+    from .config import peft_enabled
+
+    if not peft_enabled(args):
+        return False
+    try:
+        peft.wrap_model(model, extra_degrees=args.peft_extra_degrees or 0,
+                        trainable_degrees=tuple(args.peft_trainable_degrees or ()), train_base=args.peft_train_base,
+                        train_norms=args.peft_train_norms)
+    except (TypeError, ValueError) as e:
+        raise ModelError(f"--peft-* on {args.model!r}: {e}") from e
+    return True
 
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

@@ -158,7 +158,7 @@ def _run(args: Any) -> Dict[str, Any]:
         metrics = _train(ctx, setup)
     finally:
         ctx.stop.uninstall()
-    result = export_run(args, acc, model, ema, metrics, data, setup.data_cfg)
+    result = export_run(args, acc, model, ema, metrics, data, setup.data_cfg, merge_peft=setup.peft)
     result["optimizer_groups"] = group_summary(optimizer)
     if setup.grid is not None:
         result["grid_refits"] = setup.grid.refits  # the export's state_dict carries the refitted grids

@@ -22,7 +22,7 @@ from .config import ConfigError
 from .data import Collate, DataError, ImageClassificationDataset, build_transforms, load_data
 from .distill import Teacher, build_teacher
 from .loop import updates_per_epoch
-from .modeling import ModelError, _check_name, create_model
+from .modeling import ModelError, _check_name, apply_peft, create_model
 from .streaming import StreamingTrainLoader, build_streaming_loaders
 
 __all__ = ["preflight", "check_shared_output", "use_cpu", "data_and_model", "Setup", "build_setup"]
@@ -168,6 +168,7 @@ class Setup:
     grid: Optional[GridRefresher] = None
     teacher: Optional[Teacher] = None
     frozen_norms: List[torch.nn.Module] = field(default_factory=list)
+    peft: bool = False  # the model's KAN convs carry kan_zoo.peft adapters (merged at export)
 
     @property
     def streaming(self) -> bool:
@@ -196,6 +197,7 @@ def build_setup(args: Any, acc: Any, data: Any, model: torch.nn.Module, out: Pat
         if not hasattr(model, "set_grad_checkpointing"):
             raise ModelError(f"{args.model!r} does not support --grad-checkpointing")
         model.set_grad_checkpointing(True)
+    peft = apply_peft(model, args)  # before resuming: checkpoints of a PEFT run hold the wrapped model
     frozen_norms = freeze_backbone(model) if args.freeze_backbone else []
     resume_from = resolve_resume(args.resume, out)
     if resume_from is not None:
@@ -232,4 +234,4 @@ def build_setup(args: Any, acc: Any, data: Any, model: torch.nn.Module, out: Pat
         decay_rate=args.poly_power if args.sched == "poly" else args.decay_rate,
         step_on_epochs=False, updates_per_epoch=1)
     return Setup(optimizer, scheduler, criterion, mixup, data_cfg, train_ds, train_loader, val_loader, batches,
-                 upe, total_updates, resume_from, regs, grid, teacher, frozen_norms)
+                 upe, total_updates, resume_from, regs, grid, teacher, frozen_norms, peft)

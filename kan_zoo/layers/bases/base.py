@@ -92,6 +92,12 @@ class Basis(nn.Module):
     # Where the fast paths have C kernels: csrc/<native_library>.c (kan_zoo.layers.kernels.native_kernels builds
     # it, kan_zoo.layers.kernels.native_ops calls it).
     native_library: ClassVar[Optional[str]] = None
+    # Where function i is the one of polynomial degree i (P_i, or Bernstein's B_{i,D}), so that a degree names
+    # one function (kan_zoo.peft's trainable_degrees).
+    functions_by_degree: ClassVar[bool] = False
+    # Where the functions of degree D are, value for value, the first D + 1 functions of every higher degree
+    # (given the same parameters where both have them), so that higher degrees extend a layer (kan_zoo.peft).
+    extends_by_degree: ClassVar[bool] = False
 
     def __init__(self, channels: int, degree: int) -> None:
         super().__init__()
@@ -161,11 +167,25 @@ class Basis(nn.Module):
         """A new basis of this kind, options, device and dtype with ``grid_size`` cells (values at init)."""
         raise NotImplementedError(f"the {self.name} basis has no grid to resize")
 
+    # -- bases that extend to a higher degree (extends_by_degree): kan_zoo.peft appends degrees to a layer
+    def with_degree(self, degree: int) -> "Basis":
+        """A new basis of this kind, options, device and dtype with ``degree`` (parameters at their init values)."""
+        raise NotImplementedError(f"the {self.name} basis does not extend to another degree")
+
+    def parameter_degrees(self) -> Dict[str, Tuple[Optional[int], ...]]:
+        """For each parameter whose entries (along dim 0) belong to single degrees: the degree of each entry,
+        None where no function uses it. An entry of degree i shapes function i and, through the recurrence,
+        those above it, never those below. The same index means the same entry at every degree. Parameters
+        not listed apply to all functions alike."""
+        return {}
+
     def _like(self, new: "Basis") -> "Basis":
-        """``new`` moved to this basis's device and floating dtype."""
+        """``new`` moved to this basis's device and floating dtype (as built where this basis holds no tensors)."""
         ref = next(iter(self.buffers()), None)
         if ref is None:
-            ref = next(self.parameters())
+            ref = next(self.parameters(), None)
+        if ref is None:
+            return new
         return new.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
 
     def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:

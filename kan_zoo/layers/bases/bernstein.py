@@ -14,10 +14,14 @@ class BernsteinBasis(Basis):
     """B_{k,D}(t) = C(D, k) t^k (1 - t)^(D - k) on t = sigmoid(x), k = 0..D.
 
     Deliberate deviation: the reference's de Casteljau loop returns all ones; this is the true basis.
+
+    The functions of degree D are not among those of degree D + 1 (B_{k,D} = ((D + 1 - k) B_{k,D+1} +
+    (k + 1) B_{k+1,D+1}) / (D + 1)), so a layer does not extend by appending functions of higher degree.
     """
 
     name = "bernstein"
     base_activation = "identity"
+    functions_by_degree = True
 
     @property
     def num_functions(self) -> int:

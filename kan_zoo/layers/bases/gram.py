@@ -1,7 +1,7 @@
 """Gram polynomials (KAGN), the basis of the published ImageNet checkpoints."""
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -26,6 +26,8 @@ class GramBasis(Basis):
     """
 
     name = "gram"
+    functions_by_degree = True
+    extends_by_degree = True  # P_0..P_D use w_1..w_{D-1} only, as at any higher degree
 
     def __init__(self, channels: int, degree: int = 3) -> None:
         super().__init__(channels, degree)
@@ -44,6 +46,14 @@ class GramBasis(Basis):
     @property
     def num_functions(self) -> int:
         return self.degree + 1
+
+    def with_degree(self, degree: int) -> "GramBasis":
+        return self._like(GramBasis(self.channels, degree))
+
+    def parameter_degrees(self) -> Dict[str, Tuple[Optional[int], ...]]:
+        # w_n scales beta(n, n + 1), the recurrence step of P_{n+1}; w_0 and w_D are stored but unused.
+        d = self.degree
+        return {"beta_weights": tuple(n + 1 if 1 <= n < d else None for n in range(d + 1))}
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x)

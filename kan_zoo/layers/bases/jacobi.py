@@ -17,6 +17,9 @@ class JacobiBasis(ThreeTermRecurrenceBasis):
             raise ValueError(f"Jacobi parameters must satisfy a, b > -1, got a={a}, b={b}")
         self.a, self.b = float(a), float(b)
 
+    def with_degree(self, degree: int) -> "JacobiBasis":
+        return JacobiBasis(self.channels, degree, a=self.a, b=self.b)
+
     def coefficients(self) -> Coefficients:
         a, b = self.a, self.b
         coeffs = [((a + b + 2) / 2, (a - b) / 2, 0.0)]

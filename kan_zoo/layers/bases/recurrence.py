@@ -21,12 +21,17 @@ class ThreeTermRecurrenceBasis(Basis):
     """A Basis whose functions P_0..P_degree follow the recurrence given by :meth:`coefficients`."""
 
     base_activation = "identity"
+    functions_by_degree = True
+    extends_by_degree = True  # coefficient i depends on i alone, so P_0..P_D are the same at every degree
     # Where set, t = tanh(x) is clamped to +-tanh_clamp (Chebyshev's acos edge); the Triton path reads it too.
     tanh_clamp: ClassVar[Optional[float]] = None
 
     @property
     def num_functions(self) -> int:
         return self.degree + 1
+
+    def with_degree(self, degree: int) -> "ThreeTermRecurrenceBasis":
+        return self._like(type(self)(self.channels, degree))
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         t = torch.tanh(x)

@@ -16,7 +16,7 @@ from .fused_wavelet import convolve_chunked
 from .triton_basis import expand_conv as triton_expand_conv
 from .triton_basis import triton_applies
 
-__all__ = ["expand_conv", "non_separable_branch"]
+__all__ = ["expand_conv", "non_separable_branch", "eager_fast_path"]
 
 
 def expand_conv(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor) -> torch.Tensor:
@@ -24,6 +24,14 @@ def expand_conv(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor) ->
     if layer.compile_calls_eager_node and _calls_eager_node_from_graph(u):
         return _expand_conv_outside_graph(layer, x, u)
     mask = layer.dropout_mask(u)
+    y = _expand_conv_masked(layer, x, u, mask)
+    # An adapter's term (kan_zoo.peft) sees the same input and dropout mask; added after the layer's own
+    # convolution, which stays bit for bit what it is without one.
+    return y if layer.adapter is None else y + layer.adapter(layer, x, u, mask)
+
+
+def _expand_conv_masked(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor,
+                        mask: Optional[torch.Tensor]) -> torch.Tensor:
     params = list(layer.basis.parameters())
     needs_grad = torch.is_grad_enabled() and (
         u.requires_grad or layer.weight.requires_grad or any(p.requires_grad for p in params)
@@ -31,7 +39,7 @@ def expand_conv(layer: nn.Module, x: Optional[torch.Tensor], u: torch.Tensor) ->
     )
     if triton_applies(layer, x, u, mask):  # CUDA: one fused kernel each way
         return triton_expand_conv(layer, x, u, mask, params, needs_grad)
-    eager = _eager_fast_path(u)
+    eager = eager_fast_path(u)
     # Compiled graphs leave the constant block out as the eager nodes do (one function fewer to convolve);
     # the eager plain ops and exports keep it, as the reference.
     skip_constant = _compiling_a_graph() and layer.skips_constant(x)
@@ -60,7 +68,7 @@ def non_separable_branch(layer: nn.Module, t: torch.Tensor) -> torch.Tensor:
     return layer.basis.convolve(t, layer._conv)
 
 
-def _eager_fast_path(u: torch.Tensor) -> bool:
+def eager_fast_path(u: torch.Tensor) -> bool:
     """Whether the hand-run nodes (fused, fused_wavelet) may run: eagerly only, because the compiler
     and exporters must see the plain ops, meta tensors have nothing to compute, and autocast picks
     dtypes per op, which the nodes' preallocated tensors would not follow. torch.jit.trace (what the
