@@ -33,13 +33,14 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from _bench_common import in_workdir
 from bench_train_throughput import TrainStep, create
 from synthetic_images import write_image_folder, write_parquet
 
@@ -191,6 +192,7 @@ def run(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
                                (args.width, args.height))
     paths = {"image folder": work / "folder", "parquet": write_parquet(work / "folder", work / "parquet")}
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]  # the machine's load, for the header: a shared machine slows everything
     models = {n: create(n, device, args.channels_last) for n in args.model_list}
     first = args.model_list[0]
     sources = {s: Source(p, models[first], first, args.batch_size, args.img_size, work / "cache", device)
@@ -215,7 +217,8 @@ def run(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
         "images": per_class * args.classes, "mean_kib": stats["mean_kib"], "size": [args.width, args.height],
         "img_size": args.img_size, "batch": args.batch_size, "interpolation": cfg["interpolation"],
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "threads": args.threads,
-        "amp": args.amp, "channels_last": args.channels_last, "torch": torch.__version__, "rounds": args.rounds},
+        "amp": args.amp, "channels_last": args.channels_last, "torch": torch.__version__, "rounds": args.rounds,
+        "cores": os.cpu_count(), "load": [load_before, os.getloadavg()[0]]},
         data_runs=[{"source": s, "workers": w, "runs": runs} for (s, w), runs in data_runs.items()],
         model_runs=model_runs)
     return summary
@@ -228,19 +231,14 @@ def describe(s: Dict[str, Any], args: argparse.Namespace) -> str:
     return (f"# bench_data_pipeline: {st['images']} synthetic JPEGs of {st['size'][0]}x{st['size'][1]} px "
             f"({st['mean_kib']:.0f} KiB mean); timm train transform at {st['img_size']} px ({st['interpolation']}); "
             f"batch {st['batch']}; model step on {where}; torch {st['torch']}; medians of {st['rounds']} interleaved "
-            f"rounds")
+            f"rounds; {st['cores']} cores, load average {st['load'][0]:.1f} before, {st['load'][1]:.1f} after")
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = parse(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available here; use --device cpu")
-    if args.workdir:
-        Path(args.workdir).mkdir(parents=True, exist_ok=True)
-        summary = run(args, Path(args.workdir))
-    else:
-        with tempfile.TemporaryDirectory(prefix="bench_data_pipeline_") as tmp:
-            summary = run(args, Path(tmp))
+    summary = in_workdir(args.workdir, "bench_data_pipeline_", lambda work: run(args, work))
     print(describe(summary, args))
     print()
     print(format_tables(summary, args.batch_size))

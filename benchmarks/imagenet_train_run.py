@@ -20,11 +20,11 @@ import csv
 import json
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from _bench_common import in_workdir
 from synthetic_images import write_image_folder
 
 
@@ -108,12 +108,7 @@ def run(args: argparse.Namespace, work: Path) -> Dict[str, Any]:
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = parse(argv)
-    if args.workdir:
-        Path(args.workdir).mkdir(parents=True, exist_ok=True)
-        result = run(args, Path(args.workdir))
-    else:
-        with tempfile.TemporaryDirectory(prefix="imagenet_train_run_") as tmp:
-            result = run(args, Path(tmp))
+    result = in_workdir(args.workdir, "imagenet_train_run_", lambda work: run(args, work))
     print(f"{result['model']} on {result['device']}: {result['images_per_s']:.1f} training images/s through "
           f"train_imagenet.py (median of {result['windows']} windows of {args.log_every} updates at batch "
           f"{result['batch']}; first window {result['first_window_images_per_s']:.1f}), peak memory "
