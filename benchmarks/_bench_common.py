@@ -12,8 +12,10 @@ import json
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from typing import Callable, ContextManager, List, Optional
+from pathlib import Path
+from typing import Callable, ContextManager, List, Optional, TypeVar
 
 import torch
 
@@ -143,3 +145,15 @@ def interrupt_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+T = TypeVar("T")
+
+
+def in_workdir(workdir: Optional[str], prefix: str, fn: Callable[[Path], T]) -> T:
+    """``fn(folder)`` in ``workdir`` (created, kept) or, when None, in a temporary folder removed after."""
+    if workdir:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        return fn(Path(workdir))
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        return fn(Path(tmp))

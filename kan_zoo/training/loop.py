@@ -5,8 +5,10 @@ import json
 import math
 import os
 import random
+import resource
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional
@@ -23,7 +25,7 @@ from .images import sample_seed
 from .losses import assemble_loss
 
 __all__ = ["SimulatedKill", "Preempted", "StopSignal", "LoopContext", "train_one_epoch", "evaluate", "checkpoint",
-           "sync_unreadable", "broadcast_buffers"]
+           "sync_unreadable", "broadcast_buffers", "peak_memory_mib"]
 
 
 class SimulatedKill(BaseException):
@@ -80,6 +82,11 @@ class LoopContext:
     stop: StopSignal = field(default_factory=StopSignal)
     # Running sums stay on the device: reading them every batch would stall a GPU pipeline.
     window: Dict[str, Any] = field(default_factory=lambda: {"n": 0})  # summed loss terms since the last log
+    # Throughput since the last log: images this process trained on, and the wall time of training
+    # batches only (the clock stops between epochs, where validation and the epoch checkpoint run).
+    window_images: int = 0
+    window_seconds: float = 0.0
+    clock: float = 0.0
     regs: Optional[Any] = None  # kan_zoo.regularizers.RegularizerSet, attached to the unwrapped model
     grid: Optional[Any] = None  # aids.GridRefresher
     frozen_norms: List[torch.nn.Module] = field(default_factory=list)  # --freeze-backbone: kept in eval
@@ -177,15 +184,32 @@ def _record(path: str, rank: int, state: TrainState, batch: Dict[str, Any]) -> N
         f.write(json.dumps(entry) + "\n")
 
 
+def peak_memory_mib(device: torch.device) -> float:
+    """The process's memory high-water mark so far: CUDA's max_memory_allocated, else peak RSS (MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _tick(ctx: LoopContext) -> None:
+    now = time.perf_counter()
+    ctx.window_seconds += now - ctx.clock
+    ctx.clock = now
+
+
 def train_one_epoch(ctx: LoopContext, loader: Iterable, progress: Any) -> None:
     acc, args, state, model = ctx.accelerator, ctx.args, ctx.state, ctx.model
     model.train()
     for m in ctx.frozen_norms:  # --freeze-backbone: the frozen part's running stats stay put
         m.eval()
     unwrapped = acc.unwrap_model(model)
+    ctx.clock = time.perf_counter()
     for batch in loader:
         _seed_batch(args.seed, state.epoch, state.batch_in_epoch, acc.process_index)
         x, y = batch["image"], batch["label"]
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx.window_images += x.shape[0]
         ctx.bad_train.add(batch["bad"])
         with acc.accumulate(model):
             target = y
@@ -230,6 +254,9 @@ def train_one_epoch(ctx: LoopContext, loader: Iterable, progress: Any) -> None:
                 checkpoint(ctx)
             raise Preempted(f"signal received: checkpoint saved at update {state.global_step}; "
                             f"continue with --resume")
+    if acc.device.type == "cuda":
+        torch.cuda.synchronize(acc.device)  # the epoch's queued work belongs to its time
+    _tick(ctx)  # the window's clock stops with the epoch (validation is not training time)
 
 
 def scheduled_lr(optimizer: Any) -> float:
@@ -249,6 +276,12 @@ def _log_train(ctx: LoopContext, progress: Any) -> None:
     regs = {k: v for k, v in terms.items() if k.startswith("reg_")}
     if ctx.grid is not None:
         metrics["train/grid_refits"] = ctx.grid.refits
+    # float() above waited for the device, so the clock covers the work queued in the window.
+    _tick(ctx)
+    if ctx.window_seconds > 0:  # all processes: each trains on as many batches
+        metrics["train/images_per_s"] = ctx.window_images * ctx.accelerator.num_processes / ctx.window_seconds
+    metrics["train/peak_memory_mib"] = peak_memory_mib(ctx.accelerator.device)
+    ctx.window_images, ctx.window_seconds = 0, 0.0
     ctx.window.clear()
     ctx.window["n"] = 0
     ctx.accelerator.log(metrics, step=ctx.state.global_step)

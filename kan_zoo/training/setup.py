@@ -25,7 +25,7 @@ from .loop import updates_per_epoch
 from .modeling import ModelError, _check_name, apply_peft, create_model
 from .streaming import StreamingTrainLoader, build_streaming_loaders
 
-__all__ = ["preflight", "check_shared_output", "use_cpu", "data_and_model", "Setup", "build_setup"]
+__all__ = ["preflight", "check_shared_output", "use_cpu", "data_and_model", "map_loaders", "Setup", "build_setup"]
 
 _TOKEN_FILE = ".run_token"
 
@@ -128,12 +128,16 @@ def _build_criterion(args: Any, num_classes: int):
     return torch.nn.CrossEntropyLoss(), None
 
 
-def _build_map_loaders(args: Any, acc: Any, data: Any, train_tf: Any, eval_tf: Any, shape: Tuple[int, ...],
-                       even: bool):
+def map_loaders(args: Any, data: Any, train_tf: Any, eval_tf: Any, shape: Tuple[int, ...], even: bool,
+                pin_memory: bool) -> Tuple[ImageClassificationDataset, Any, Any]:
+    """(train dataset, train loader, val loader) of map-style data, before accelerate shards them.
+
+    What train_imagenet.py feeds its model; benchmarks/bench_data_pipeline.py times the train loader.
+    """
     from torch.utils.data import DataLoader
 
     mode = "L" if data.in_chans == 1 else "RGB"
-    common = dict(num_workers=args.workers, pin_memory=acc.device.type == "cuda")
+    common = dict(num_workers=args.workers, pin_memory=pin_memory)
     cols = (args.image_column, args.label_column)
     train_ds = ImageClassificationDataset(data.train, *cols, train_tf, mode, args.seed, data.label_ids)
     val_ds = ImageClassificationDataset(data.val, *cols, eval_tf, mode, args.seed, data.label_ids)
@@ -141,6 +145,13 @@ def _build_map_loaders(args: Any, acc: Any, data: Any, train_tf: Any, eval_tf: A
                               collate_fn=Collate(shape, drop_bad=True, even=even), **common)
     val_loader = DataLoader(val_ds, batch_size=args.val_batch_size, shuffle=False,
                             collate_fn=Collate(shape, drop_bad=False), **common)
+    return train_ds, train_loader, val_loader
+
+
+def _build_map_loaders(args: Any, acc: Any, data: Any, train_tf: Any, eval_tf: Any, shape: Tuple[int, ...],
+                       even: bool):
+    train_ds, train_loader, val_loader = map_loaders(args, data, train_tf, eval_tf, shape, even,
+                                                     pin_memory=acc.device.type == "cuda")
     train_loader, val_loader = acc.prepare(train_loader, val_loader)
     if len(train_loader) == 0:
         raise DataError(f"{data.train_len} training images are fewer than one batch per process "
@@ -197,6 +208,8 @@ def build_setup(args: Any, acc: Any, data: Any, model: torch.nn.Module, out: Pat
         if not hasattr(model, "set_grad_checkpointing"):
             raise ModelError(f"{args.model!r} does not support --grad-checkpointing")
         model.set_grad_checkpointing(True)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
     peft = apply_peft(model, args)  # before resuming: checkpoints of a PEFT run hold the wrapped model
     frozen_norms = freeze_backbone(model) if args.freeze_backbone else []
     resume_from = resolve_resume(args.resume, out)
