@@ -3,10 +3,7 @@ the eager chunks and finite differences, where they apply and where they must no
 compilation fails (bspline, relu and rbf have C kernels instead: test_native_kernels.py). Each (kernel, dtype,
 input rank) compiles once per process (a few seconds)."""
 import contextlib
-import os
 import re
-import subprocess
-import sys
 import warnings
 from typing import Iterator
 
@@ -63,15 +60,6 @@ def test_layer_gradcheck_with_kernels(kernels_on, memory_efficient):
     params = tuple(p.detach().clone().requires_grad_(True) for p in layer.parameters() if p.requires_grad)
     assert torch.autograd.gradcheck(lambda inp, *ps: torch.func.functional_call(layer, dict(zip(names, ps)), (inp,)),
                                     (x,) + params, eps=1e-6, atol=1e-6)
-
-
-def test_kernels_off_by_default_on_with_the_environment_variable():
-    if "KAN_ZOO_CPU_KERNELS" not in os.environ:
-        assert set_cpu_kernels_enabled(False) is False  # the import-time default (tests restore what they change)
-    code = "from kan_zoo.layers import cpu_kernels_enabled; print(cpu_kernels_enabled())"
-    env = dict(os.environ, KAN_ZOO_CPU_KERNELS="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
 
 
 def test_kernels_apply_to_float_cpu_tensors_outside_compile_traces(monkeypatch):

@@ -348,16 +348,6 @@ def test_kernels_apply_to_plain_float_cpu_tensors_outside_traces(monkeypatch):
     assert not native_kernels.native_kernels_apply(t)
 
 
-def test_on_by_default_off_with_the_environment_variable():
-    code = "from kan_zoo.layers import native_kernels_enabled; print(native_kernels_enabled())"
-    for value, expected in (("0", "False"), ("1", "True"), (None, "True")):
-        env = {k: v for k, v in os.environ.items() if k != "KAN_ZOO_NATIVE_KERNELS"}
-        if value is not None:
-            env["KAN_ZOO_NATIVE_KERNELS"] = value
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        assert out.stdout.strip() == expected
-
-
 def test_block_strides():
     x = torch.empty(2, 3, 4, 5, 6)
     assert native_kernels.block_strides(x, 3) == (360, 120, 30)
