@@ -3,8 +3,9 @@
 Each path computes what the core's plain ops compute, the reference, which the tests compare it with. The core
 calls one dispatch point, :mod:`.dispatch`: ``expand_conv(layer, x, u)`` for a separable basis and
 ``non_separable_branch(layer, t)`` for the wavelet. Each takes the first row below that applies; inside a row, the
-basis work takes the first of its lettered rows that applies (row 3 uses row 4's). "Eager": outside torch.compile
-and export tracing, on real tensors (not meta).
+basis work takes the first of its lettered rows that applies (row 3 uses row 4's). "Eager": outside torch.compile,
+export tracing and torch.jit.trace (the legacy ONNX exporter: it records only ops it sees, so it gets rows 5-6), on
+real tensors (not meta). A PEFT adapter (kan_zoo.peft) adds its own term to whichever row ran.
 
 path (module)             device; dtype          bases                  compile / export        switch; other
 ------------------------  ---------------------  ---------------------  ----------------------  ------------------------
