@@ -288,7 +288,8 @@ CASES: List[Tuple[str, type, dict, tuple]] = [
     ("bspline", KANConv2d, dict(basis="bspline"), (2, 6, 7, 7)),  # base branch GELU
     ("bspline-d1-groups", KANConv2d, dict(basis="bspline", degree=1, grid_size=4, groups=2), (2, 6, 5, 5)),
     ("bspline-d0-dropout", KANConv2d, dict(basis="bspline", degree=0, dropout=0.3), (2, 4, 5, 5)),
-    ("bspline-d4-wide-range", KANConv2d, dict(basis="bspline", degree=4, grid_range=(-2.0, 3.0)), (2, 4, 6, 6)),
+    # degree 2 (d0, d1, d3 above): the checks' cost grows steeply with the degree (d4 took 26 s, d2 7 s)
+    ("bspline-d2-wide-range", KANConv2d, dict(basis="bspline", degree=2, grid_range=(-2.0, 3.0)), (2, 4, 6, 6)),
     ("bottleneck-bspline", BottleneckKANConv2d, dict(basis="bspline"), (2, 16, 6, 6)),
     ("relu", KANConv2d, dict(basis="relu"), (2, 6, 7, 7)),
     ("relu-groups-dropout", KANConv2d, dict(basis="relu", groups=2, dropout=0.3, grid_size=3, degree=2), (2, 6, 5, 9)),
